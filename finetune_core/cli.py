@@ -1,0 +1,40 @@
+"""Command line: ``python -m finetune_core <command> ...`` (also installed as ``finetune``).
+
+Each command group lives in its own module with a ``register(subparsers)`` function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = (
+    "finetune_core.cli_data",
+    "finetune_core.cli_train",
+    "finetune_core.cli_eval",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m finetune_core",
+        description="Fine-tune, evaluate and export image classifiers from the command line.",
+    )
+    parser.add_argument(
+        "--workspace", help="workspace folder (default: $FINETUNE_WORKSPACE or ./workspace)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130

@@ -1,0 +1,211 @@
+"""RunConfig: every hyperparameter of a run, typed, validated, JSON round-trip.
+
+The setup page builds one, the CLI reads one, and every run stores one as
+``config.json``. Defaults train well without touching anything.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+STRATEGIES = ("probe", "finetune", "full", "last_n")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("onecycle", "cosine", "constant")
+AUGMENTATIONS = ("none", "light", "standard", "strong")
+PRECISIONS = ("auto", "bf16", "fp16", "off")
+CLASS_BALANCE = ("none", "weighted_loss", "balanced_sampler")
+ES_METRICS = ("val_loss", "val_accuracy")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message lists every problem."""
+
+
+@dataclass
+class RunConfig:
+    """All settings of one training run."""
+
+    dataset: str = ""  # dataset id or name in the workspace (the CLI may also pass a folder)
+    name: str = ""
+    notes: str = ""
+    model: str = "resnet18"
+    weights: str = "imagenet"  # imagenet | none | path to a state_dict (.pt/.pth) | .pt2 backbone
+    strategy: str = "finetune"
+    epochs: int = 5
+    freeze_epochs: int = 1  # finetune: epochs with the backbone frozen before unfreezing
+    last_n_groups: int = 2  # last_n: how many parameter groups (from the output) train
+    batch_size: int | str = 32  # an int, or "auto" for the largest that fits
+    image_size: int = 224
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    lr_mult: float = 100.0  # discriminative LR: the first group trains at lr / lr_mult
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    schedule: str = "onecycle"
+    warmup_pct: float = 0.25
+    label_smoothing: float = 0.0
+    class_balance: str = "none"
+    augmentation: str = "light"
+    probe_views: int = 1  # probe: augmented views per image in the feature cache
+    dropout: float = 0.0
+    mixed_precision: str = "auto"
+    channels_last: bool = True
+    grad_clip: float = 0.0  # 0 = off
+    early_stopping: bool = True
+    es_metric: str = "val_loss"
+    es_patience: int = 3
+    es_min_delta: float = 0.0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    num_threads: int = 0  # 0 = all cores
+
+    # ----------------------------------------------------------------- checks
+    def problems(self) -> list[str]:
+        """Every problem with this config, as sentences a user can act on."""
+        out: list[str] = []
+
+        def choice(name: str, options: tuple[str, ...]) -> None:
+            value = getattr(self, name)
+            if value not in options:
+                out.append(f"{name} must be one of {', '.join(options)} (got {value!r}).")
+
+        choice("strategy", STRATEGIES)
+        choice("optimizer", OPTIMIZERS)
+        choice("schedule", SCHEDULES)
+        choice("augmentation", AUGMENTATIONS)
+        choice("mixed_precision", PRECISIONS)
+        choice("class_balance", CLASS_BALANCE)
+        choice("es_metric", ES_METRICS)
+        if not self.dataset:
+            out.append("Choose a dataset.")
+        if not self.model:
+            out.append("Choose a model.")
+        if not 1 <= self.epochs <= 10_000:
+            out.append("epochs must be between 1 and 10000.")
+        if self.strategy == "finetune" and not 0 <= self.freeze_epochs <= self.epochs:
+            out.append("freeze_epochs must be between 0 and epochs.")
+        if self.strategy == "last_n" and self.last_n_groups < 1:
+            out.append("last_n_groups must be at least 1.")
+        if isinstance(self.batch_size, str):
+            if self.batch_size != "auto":
+                out.append('batch_size must be a positive integer or "auto".')
+        elif not 1 <= self.batch_size <= 65_536:
+            out.append("batch_size must be between 1 and 65536.")
+        if not 16 <= self.image_size <= 1024:
+            out.append("image_size must be between 16 and 1024 pixels.")
+        if not 0 < self.lr < 10:
+            out.append("lr must be positive and below 10.")
+        if self.lr_mult < 1:
+            out.append("lr_mult must be at least 1.")
+        if self.weight_decay < 0:
+            out.append("weight_decay cannot be negative.")
+        if not 0 <= self.warmup_pct < 1:
+            out.append("warmup_pct must be in [0, 1).")
+        if not 0 <= self.label_smoothing < 1:
+            out.append("label_smoothing must be in [0, 1).")
+        if not 0 <= self.dropout < 1:
+            out.append("dropout must be in [0, 1).")
+        if not 1 <= self.probe_views <= 32:
+            out.append("probe_views must be between 1 and 32.")
+        if self.grad_clip < 0:
+            out.append("grad_clip cannot be negative (0 turns it off).")
+        if self.es_patience < 1:
+            out.append("es_patience must be at least 1.")
+        if self.num_threads < 0:
+            out.append("num_threads cannot be negative (0 uses all cores).")
+        if self.weights.endswith(".pt2") and self.strategy != "probe":
+            out.append(
+                "A custom .pt2 backbone is used frozen: choose the probe strategy "
+                "(its exported graph cannot be fine-tuned)."
+            )
+        if self.model == "custom" and not self.weights.endswith(".pt2"):
+            out.append("The custom model needs a .pt2 backbone file as its weights.")
+        dev = self.device
+        if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            out.append(f"device must be auto, cpu, cuda, cuda:N or mps (got {dev!r}).")
+        return out
+
+    def validate(self) -> RunConfig:
+        problems = self.problems()
+        if problems:
+            raise ConfigError("Invalid run configuration:\n- " + "\n- ".join(problems))
+        return self
+
+    # ------------------------------------------------------------ round trip
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"Unknown config keys: {', '.join(unknown)}.")
+        values: dict[str, Any] = {}
+        errors: list[str] = []
+        defaults = cls()
+        for key, raw in data.items():
+            expected = type(getattr(defaults, key))
+            try:
+                values[key] = _coerce(key, raw, expected)
+            except (TypeError, ValueError):
+                errors.append(f"{key} must be of type {expected.__name__} (got {raw!r}).")
+        if errors:
+            raise ConfigError("Invalid run configuration:\n- " + "\n- ".join(errors))
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"The config is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError("The config must be a JSON object.")
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+    def save(self, path: str | Path) -> None:
+        from finetune_core.fsutil import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_json())
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return RunConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _coerce(key: str, raw: Any, expected: type) -> Any:
+    if key == "batch_size":
+        if raw == "auto":
+            return "auto"
+        if isinstance(raw, bool):
+            raise TypeError
+        return int(raw)
+    if expected is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return raw.lower() in ("true", "1", "yes")
+        raise TypeError
+    if expected is int:
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise TypeError
+        return int(raw)
+    if expected is float:
+        if isinstance(raw, bool):
+            raise TypeError
+        return float(raw)
+    if expected is str:
+        if not isinstance(raw, str):
+            raise TypeError
+        return raw
+    return raw

@@ -1,0 +1,373 @@
+"""The workspace: one folder with a SQLite database, a folder per dataset and per run.
+
+The database uses WAL mode and one connection per thread, so the job worker, the
+CLI and several browser sessions can read and write at the same time. Writes go
+through short `BEGIN IMMEDIATE` transactions with a generous busy timeout, so
+"database is locked" never reaches a user under normal contention.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 2
+
+# Each entry upgrades the schema from version i to i+1. Never edit a released entry.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE datasets (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        creator TEXT NOT NULL DEFAULT '',
+        source_kind TEXT NOT NULL DEFAULT '',
+        num_images INTEGER NOT NULL DEFAULT 0,
+        num_classes INTEGER NOT NULL DEFAULT 0,
+        class_names TEXT NOT NULL DEFAULT '[]',
+        fingerprint TEXT NOT NULL DEFAULT '',
+        health TEXT NOT NULL DEFAULT 'ok',
+        summary TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL DEFAULT '',
+        dataset_id TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        creator TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        model TEXT NOT NULL DEFAULT '',
+        strategy TEXT NOT NULL DEFAULT '',
+        config TEXT NOT NULL DEFAULT '{}',
+        best_val_accuracy REAL,
+        best_epoch INTEGER,
+        epochs_run INTEGER NOT NULL DEFAULT 0,
+        error TEXT NOT NULL DEFAULT '',
+        traceback TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX runs_status ON runs(status);
+    CREATE INDEX runs_created ON runs(created_at);
+    """,
+    """
+    ALTER TABLE runs ADD COLUMN notes TEXT NOT NULL DEFAULT '';
+    ALTER TABLE runs ADD COLUMN train_seconds REAL;
+    """,
+]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+class RunStatus:
+    """Run lifecycle states stored in the database."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+    INTERRUPTED = "INTERRUPTED"
+
+    ACTIVE = (QUEUED, RUNNING)
+    FINISHED = (SUCCEEDED, FAILED, STOPPED, INTERRUPTED)
+    RESUMABLE = (STOPPED, INTERRUPTED)
+
+
+class StoreError(Exception):
+    """A workspace operation could not be done; the message says why."""
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_id(prefix: str) -> str:
+    """A sortable, readable id such as ``r-20261128-172601-3fa2``."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{prefix}-{stamp}-{secrets.token_hex(2)}"
+
+
+@dataclass
+class DatasetRecord:
+    id: str
+    name: str
+    created_at: str = field(default_factory=utc_now)
+    creator: str = ""
+    source_kind: str = ""
+    num_images: int = 0
+    num_classes: int = 0
+    class_names: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+    health: str = "ok"  # ok | warning | error
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunRecord:
+    id: str
+    status: str = RunStatus.QUEUED
+    name: str = ""
+    dataset_id: str = ""
+    created_at: str = field(default_factory=utc_now)
+    started_at: str | None = None
+    finished_at: str | None = None
+    creator: str = ""
+    model: str = ""
+    strategy: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    best_val_accuracy: float | None = None
+    best_epoch: int | None = None
+    epochs_run: int = 0
+    error: str = ""
+    traceback: str = ""
+    notes: str = ""
+    train_seconds: float | None = None
+
+
+_JSON_FIELDS = {"class_names", "summary", "config"}
+
+
+def _encode(record: Any) -> dict[str, Any]:
+    row = asdict(record)
+    for key in _JSON_FIELDS & row.keys():
+        row[key] = json.dumps(row[key])
+    return row
+
+
+def _decode(cls: type, row: sqlite3.Row) -> Any:
+    names = {f.name for f in fields(cls)}
+    values = {k: row[k] for k in row.keys() if k in names}
+    for key in _JSON_FIELDS & values.keys():
+        values[key] = json.loads(values[key])
+    return cls(**values)
+
+
+def default_workspace_root() -> Path:
+    return Path(os.environ.get("FINETUNE_WORKSPACE", "workspace")).expanduser().resolve()
+
+
+class Workspace:
+    """A workspace folder: ``workspace.db``, ``datasets/<id>/`` and ``runs/<id>/``."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root).expanduser().resolve() if root else default_workspace_root()
+        self.datasets_dir = self.root / "datasets"
+        self.runs_dir = self.root / "runs"
+        self.cache_dir = self.root / "cache"
+        self.tmp_dir = self.root / "tmp"
+        for folder in (self.datasets_dir, self.runs_dir, self.cache_dir, self.tmp_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / "workspace.db"
+        self._local = threading.local()
+        self._migrate()
+
+    # ------------------------------------------------------------------ plumbing
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A short exclusive-write transaction, retried if the database stays busy."""
+        conn = self._conn()
+        for attempt in range(20):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        else:
+            raise StoreError("The workspace database stayed busy; try again in a moment.")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"The workspace at {self.root} was written by a newer version "
+                    f"(schema {version} > {SCHEMA_VERSION}); upgrade finetune-dashboard."
+                )
+            for target in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={target + 1}")
+
+    def schema_version(self) -> int:
+        return int(self._conn().execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # ------------------------------------------------------------------ datasets
+    def dataset_dir(self, dataset_id: str) -> Path:
+        return self.datasets_dir / _safe_id(dataset_id)
+
+    def add_dataset(self, record: DatasetRecord) -> DatasetRecord:
+        row = _encode(record)
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT INTO datasets ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                list(row.values()),
+            )
+        return record
+
+    def get_dataset(self, dataset_id: str) -> DatasetRecord | None:
+        row = self._conn().execute("SELECT * FROM datasets WHERE id=?", (dataset_id,)).fetchone()
+        return _decode(DatasetRecord, row) if row else None
+
+    def list_datasets(self) -> list[DatasetRecord]:
+        rows = self._conn().execute("SELECT * FROM datasets ORDER BY created_at DESC, id DESC")
+        return [_decode(DatasetRecord, r) for r in rows]
+
+    def find_dataset_by_name(self, name: str) -> DatasetRecord | None:
+        row = self._conn().execute(
+            "SELECT * FROM datasets WHERE name=? ORDER BY created_at DESC LIMIT 1", (name,)
+        ).fetchone()
+        return _decode(DatasetRecord, row) if row else None
+
+    def rename_dataset(self, dataset_id: str, name: str) -> None:
+        name = name.strip()
+        if not name:
+            raise StoreError("A dataset name cannot be empty.")
+        with self._write() as conn:
+            cur = conn.execute("UPDATE datasets SET name=? WHERE id=?", (name, dataset_id))
+            if cur.rowcount == 0:
+                raise StoreError(f"No dataset with id {dataset_id!r}.")
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM datasets WHERE id=?", (dataset_id,))
+        shutil.rmtree(self.dataset_dir(dataset_id), ignore_errors=True)
+
+    # ------------------------------------------------------------------ runs
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs_dir / _safe_id(run_id)
+
+    def add_run(self, record: RunRecord) -> RunRecord:
+        row = _encode(record)
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                list(row.values()),
+            )
+        self.run_dir(record.id).mkdir(parents=True, exist_ok=True)
+        return record
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        row = self._conn().execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        return _decode(RunRecord, row) if row else None
+
+    def list_runs(
+        self, status: str | tuple[str, ...] | None = None, limit: int | None = None
+    ) -> list[RunRecord]:
+        query, params = "SELECT * FROM runs", []
+        if status:
+            statuses = (status,) if isinstance(status, str) else tuple(status)
+            query += f" WHERE status IN ({', '.join('?' * len(statuses))})"
+            params.extend(statuses)
+        query += " ORDER BY created_at DESC, id DESC"
+        if limit:
+            query += f" LIMIT {int(limit)}"
+        return [_decode(RunRecord, r) for r in self._conn().execute(query, params)]
+
+    def update_run(self, run_id: str, **changes: Any) -> None:
+        allowed = {f.name for f in fields(RunRecord)} - {"id"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise StoreError(f"Unknown run fields: {sorted(unknown)}")
+        if not changes:
+            return
+        values = [json.dumps(v) if k in _JSON_FIELDS else v for k, v in changes.items()]
+        assignments = ", ".join(f"{k}=?" for k in changes)
+        with self._write() as conn:
+            cur = conn.execute(f"UPDATE runs SET {assignments} WHERE id=?", [*values, run_id])
+            if cur.rowcount == 0:
+                raise StoreError(f"No run with id {run_id!r}.")
+
+    def transition_run(self, run_id: str, from_status: tuple[str, ...], **changes: Any) -> bool:
+        """Update a run only if its status is one of ``from_status``; True if it was."""
+        values = [json.dumps(v) if k in _JSON_FIELDS else v for k, v in changes.items()]
+        assignments = ", ".join(f"{k}=?" for k in changes)
+        marks = ", ".join("?" * len(from_status))
+        with self._write() as conn:
+            cur = conn.execute(
+                f"UPDATE runs SET {assignments} WHERE id=? AND status IN ({marks})",
+                [*values, run_id, *from_status],
+            )
+            return cur.rowcount == 1
+
+    def rename_run(self, run_id: str, name: str) -> None:
+        self.update_run(run_id, name=name.strip())
+
+    def delete_run(self, run_id: str) -> None:
+        run = self.get_run(run_id)
+        if run and run.status == RunStatus.RUNNING:
+            raise StoreError("Stop the run before deleting it.")
+        with self._write() as conn:
+            conn.execute("DELETE FROM runs WHERE id=?", (run_id,))
+        shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+
+    def mark_running_interrupted(self) -> list[str]:
+        """At start-up: runs left RUNNING by a dead process become INTERRUPTED."""
+        with self._write() as conn:
+            ids = [
+                r["id"] for r in conn.execute("SELECT id FROM runs WHERE status=?", ("RUNNING",))
+            ]
+            conn.execute(
+                "UPDATE runs SET status=?, error=? WHERE status=?",
+                (
+                    RunStatus.INTERRUPTED,
+                    "The server stopped while this run was training; resume it to continue.",
+                    RunStatus.RUNNING,
+                ),
+            )
+        return ids
+
+    def counts(self) -> dict[str, int]:
+        conn = self._conn()
+        out = {"datasets": conn.execute("SELECT COUNT(*) FROM datasets").fetchone()[0]}
+        out["runs"] = conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        for status in (RunStatus.RUNNING, RunStatus.QUEUED):
+            out[status.lower()] = conn.execute(
+                "SELECT COUNT(*) FROM runs WHERE status=?", (status,)
+            ).fetchone()[0]
+        return out
+
+
+def _safe_id(identifier: str) -> str:
+    """Ids become folder names: refuse anything that could leave the workspace."""
+    if not identifier or not all(c.isalnum() or c in "-_" for c in identifier):
+        raise StoreError(f"Invalid id {identifier!r}.")
+    return identifier
