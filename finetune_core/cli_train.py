@@ -1,9 +1,182 @@
-"""Placeholder: filled in by its issue."""
+"""``python -m finetune_core train``: the same trainer as the dashboard, headless."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+from finetune_core.config import ConfigError, RunConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this module's commands to the CLI."""
+    """Add the ``train`` command."""
+    p = sub.add_parser(
+        "train",
+        help="train a classifier",
+        description="Fine-tune a classifier. SOURCE may be a dataset id or name in the "
+        "workspace, or any folder, zip or CSV the data layer ingests (ingested on the fly).",
+    )
+    p.add_argument("--data", help="dataset id/name, or a folder, .zip or .csv to ingest")
+    p.add_argument("--model", help="architecture (see `python -m finetune_core models`), or custom")
+    p.add_argument("--weights", help="imagenet | none | state_dict file | backbone .pt2 file")
+    p.add_argument("--strategy", choices=["probe", "finetune", "full", "last_n"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--image-size", type=int, dest="image_size")
+    p.add_argument("--batch-size", dest="batch_size", help="an integer or auto")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--config", type=Path, help="a run.json/config.json to start from")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any other config field"
+    )
+    p.add_argument("--out", type=Path, required=True, help="run folder to write")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.set_defaults(handler=run_train)
+
+    m = sub.add_parser("models", help="list the architectures")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(handler=run_models)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Start from --config (or the run folder's config when resuming), then apply flags."""
+    base = RunConfig()
+    source = args.config or (args.out / "config.json" if args.resume else None)
+    if source is not None:
+        base = RunConfig.load(source)
+    changes: dict[str, object] = {}
+    for key in (
+        "model",
+        "weights",
+        "strategy",
+        "epochs",
+        "image_size",
+        "batch_size",
+        "lr",
+        "seed",
+        "device",
+    ):
+        value = getattr(args, key)
+        if value is not None:
+            changes[key] = value
+    if args.data:
+        changes["dataset"] = args.data
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects KEY=VALUE (got {item!r}).")
+        changes[key.strip().replace("-", "_")] = value
+    return base.replace(**changes)
+
+
+def _resolve_dataset(workspace, source: str):
+    """A workspace dataset by id/name, or a path ingested on the fly."""
+    from finetune_core.data import DatasetNotFound, ingest, load_dataset
+
+    path = Path(source)
+    if path.exists():
+        result = ingest(workspace, path, name=path.stem or "dataset")
+        if result.health.blocks_training:
+            msgs = "; ".join(f.message for f in result.health.errors)
+            raise SystemExit(f"error: the dataset at {source} cannot be trained on: {msgs}")
+        return result.dataset
+    try:
+        return load_dataset(workspace, source)
+    except DatasetNotFound as exc:
+        raise SystemExit(f"error: {exc}") from exc
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from finetune_core.callbacks import ConsoleProgress, MetricsLogger
+    from finetune_core.jobs import write_run_info
+    from finetune_core.store import Workspace
+    from finetune_core.trainer import Trainer, TrainingError
+
+    try:
+        config = config_from_args(args)
+        config.validate()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    workspace = Workspace(args.workspace)
+    try:
+        dataset = _resolve_dataset(workspace, config.dataset)
+    except SystemExit as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    config = config.replace(dataset=dataset.id)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    config.save(out / "config.json")
+    write_run_info(out, config, dataset, workspace)
+    callbacks = [MetricsLogger(out / "metrics.jsonl")]
+    if not args.quiet:
+        callbacks.append(ConsoleProgress())
+    stop = threading.Event()
+    trainer = Trainer(
+        config,
+        dataset,
+        out,
+        workspace.cache_dir,
+        callbacks=callbacks,
+        stop_event=stop,
+        resume=args.resume,
+    )
+    started = time.monotonic()
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: the last complete epoch's checkpoint is kept; --resume continues",
+            file=sys.stderr,
+        )
+        return 130
+    except (TrainingError, ConfigError) as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a clear one-line reason; the traceback only with -X dev
+        from finetune_core.models import WeightsError
+
+        if isinstance(exc, WeightsError):
+            print(f"\nerror: {exc}", file=sys.stderr)
+            return 1
+        raise
+    summary = json.loads((out / "metrics.json").read_text())
+    summary["status"] = result.status
+    summary["wall_seconds"] = round(time.monotonic() - started, 3)
+    from finetune_core.fsutil import atomic_write_json
+
+    atomic_write_json(out / "metrics.json", summary)
+    va = result.best_val_accuracy
+    print(
+        f"{result.status}: best epoch {result.best_epoch}, val accuracy {va:.4f}"
+        if va is not None
+        else f"{result.status}: no validation split",
+    )
+    print(f"run folder: {out}")
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from finetune_core.models import list_architectures
+
+    infos = list_architectures()
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps([asdict(i) for i in infos], indent=2))
+        return 0
+    print(f"{'model':22} {'params':>8} {'input':>6} {'top-1':>6} {'GFLOPS':>7} cached")
+    for i in infos:
+        top1 = f"{i.imagenet_top1:.1f}" if i.imagenet_top1 else "-"
+        gf = f"{i.gflops:.2f}" if i.gflops else "-"
+        print(
+            f"{i.name:22} {i.params / 1e6:7.1f}M {i.input_size:6} {top1:>6} {gf:>7} {'yes' if i.cached else 'no'}"
+        )
+    return 0

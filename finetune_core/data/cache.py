@@ -1,0 +1,150 @@
+"""The decoded-image cache: every image decoded and resized once into uint8 tensors.
+
+Training then reads batches straight from memory (or a memory-mapped file when the
+cache is larger than the RAM budget) and augments them on the training device, so no
+epoch decodes a JPEG again. Cache files are keyed by dataset fingerprint, split and
+image size, and written atomically, so a crash never leaves a half cache in use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+DEFAULT_RAM_BUDGET_MB = int(os.environ.get("FINETUNE_CACHE_RAM_MB", "4096"))
+
+
+@dataclass
+class DecodedImages:
+    """Images of one split as uint8 (N, 3, S, S) plus int64 labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    paths: list[str]
+    memory_mapped: bool = False
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to ``size`` and crop the centre square (also used by predict)."""
+    w, h = image.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    image = image.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def to_uint8_chw(image: Image.Image, size: int) -> np.ndarray:
+    arr = np.asarray(resize_center_crop(image.convert("RGB"), size), dtype=np.uint8)
+    return arr.transpose(2, 0, 1)
+
+
+def _cache_key(fingerprint: str, split: str, size: int, paths: Sequence[str]) -> str:
+    digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()[:12]
+    return f"{fingerprint[:16]}-{split}-{size}-{digest}"
+
+
+def build_decoded(
+    paths: Sequence[Path],
+    labels: Sequence[int],
+    size: int,
+    *,
+    load: Callable[[Path], Image.Image],
+    cache_file: Path | None = None,
+    ram_budget_mb: int = DEFAULT_RAM_BUDGET_MB,
+    progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
+) -> DecodedImages:
+    """Decode ``paths`` once into a uint8 tensor, reusing ``cache_file`` when present.
+
+    Above ``ram_budget_mb`` the images live in a memory-mapped file instead of RAM.
+    """
+    n = len(paths)
+    nbytes = n * 3 * size * size
+    label_tensor = torch.as_tensor(list(labels), dtype=torch.int64)
+    rel = [str(p) for p in paths]
+    spill = nbytes > ram_budget_mb * 2**20
+    if cache_file is not None and cache_file.exists() and cache_file.stat().st_size == nbytes:
+        return _open_cached(cache_file, n, size, label_tensor, rel, spill)
+
+    if spill:
+        if cache_file is None:
+            raise ValueError("A cache larger than the RAM budget needs a cache_file to spill to.")
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".partial")
+        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, 3, size, size))
+    else:
+        out = np.empty((n, 3, size, size), dtype=np.uint8)
+
+    def decode(i: int) -> None:
+        out[i] = to_uint8_chw(load(Path(paths[i])), size)
+
+    done = 0
+    # Pillow releases the GIL while decoding and resizing, so threads use every core.
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        for _ in pool.map(decode, range(n)):
+            done += 1
+            if progress is not None and (done % 32 == 0 or done == n):
+                progress(done, n)
+
+    if spill:
+        out.flush()
+        del out
+        os.replace(cache_file.with_suffix(".partial"), cache_file)
+        return _open_cached(cache_file, n, size, label_tensor, rel, spill=True)
+    if cache_file is not None:
+        from finetune_core.fsutil import atomic_write
+
+        atomic_write(cache_file, lambda h: h.write(out.tobytes()))
+    return DecodedImages(torch.from_numpy(out), label_tensor, rel)
+
+
+def _open_cached(
+    path: Path, n: int, size: int, labels: torch.Tensor, paths: list[str], spill: bool
+) -> DecodedImages:
+    if spill:
+        # torch cannot wrap a read-only buffer; copy-on-write mode keeps the file untouched.
+        mm = np.memmap(path, dtype=np.uint8, mode="c", shape=(n, 3, size, size))
+        return DecodedImages(torch.from_numpy(mm), labels, paths, memory_mapped=True)
+    data = np.fromfile(path, dtype=np.uint8).reshape(n, 3, size, size)
+    return DecodedImages(torch.from_numpy(data), labels, paths)
+
+
+def decoded_split(
+    dataset,  # finetune_core.data.Dataset
+    split: str,
+    size: int,
+    cache_dir: Path,
+    *,
+    ram_budget_mb: int = DEFAULT_RAM_BUDGET_MB,
+    progress: Callable[[int, int], None] | None = None,
+) -> DecodedImages:
+    """The decoded cache for one split of a workspace dataset."""
+    from finetune_core.data.images import open_rgb
+
+    rows = dataset.rows(split)
+    paths = [dataset.image_path(r) for r in rows]
+    labels = [dataset.label_index(r) for r in rows]
+    key = _cache_key(dataset.fingerprint, split, size, [r.path for r in rows])
+    decoded = build_decoded(
+        paths,
+        labels,
+        size,
+        load=open_rgb,
+        cache_file=Path(cache_dir) / "decoded" / f"{key}.u8",
+        ram_budget_mb=ram_budget_mb,
+        progress=progress,
+    )
+    decoded.paths = [r.path for r in rows]
+    return decoded

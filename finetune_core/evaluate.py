@@ -1,0 +1,107 @@
+"""Evaluate a trained run on its validation and test splits.
+
+Writes ``eval.json`` (metrics per split, see ``metrics.compute_metrics``) and
+``predictions.csv`` (one row per image with every class probability), both
+atomically: a failed evaluation leaves the previous files as they were.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from finetune_core.data.cache import decoded_split
+from finetune_core.fsutil import atomic_write_json, atomic_write_text
+from finetune_core.metrics import compute_metrics
+from finetune_core.runs import RunError, RunFolder
+from finetune_core.store import utc_now
+
+SPLITS = ("val", "test")
+
+
+def evaluate_run(
+    run: RunFolder,
+    *,
+    workspace: Any = None,
+    cache_dir: Path | None = None,
+    splits: tuple[str, ...] = SPLITS,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Predict every val/test image with the best checkpoint and store the metrics."""
+    if not run.has_checkpoint():
+        raise RunError(
+            "This run has no saved model to evaluate: it ended before its first epoch "
+            "finished. Re-run it, or resume it if it was stopped."
+        )
+    loaded = run.load_model("best")
+    dataset = run.dataset(workspace)
+    if list(dataset.class_names) != loaded.class_names:
+        raise RunError(
+            "The dataset's classes changed since this run trained; evaluate a new run instead."
+        )
+    cache = Path(cache_dir) if cache_dir else run.path / ".cache"
+    result: dict[str, Any] = {
+        "run_id": run.id,
+        "created_at": utc_now(),
+        "checkpoint_epoch": loaded.epoch,
+        "class_names": loaded.class_names,
+        "dataset_fingerprint": dataset.fingerprint,
+        "splits": {},
+    }
+    rows: list[list[Any]] = []
+    for split in splits:
+        decoded = decoded_split(dataset, split, loaded.image_size, cache)
+        if len(decoded) == 0:
+            continue
+        if progress:
+            progress(f"predicting {len(decoded)} {split} images")
+        probs = loaded.predict_uint8(decoded.images)
+        y = decoded.labels.numpy()
+        result["splits"][split] = compute_metrics(y, probs, loaded.class_names, paths=decoded.paths)
+        pred = probs.argmax(1)
+        for i, path in enumerate(decoded.paths):
+            rows.append(
+                [
+                    split,
+                    path,
+                    loaded.class_names[y[i]],
+                    loaded.class_names[pred[i]],
+                    f"{probs[i, pred[i]]:.6f}",
+                    *(f"{p:.6f}" for p in probs[i]),
+                ]
+            )
+    if not result["splits"]:
+        raise RunError("The dataset has no validation or test images to evaluate on.")
+    atomic_write_text(run.path / "predictions.csv", _csv(loaded.class_names, rows))
+    atomic_write_json(run.path / "eval.json", result)
+    return result
+
+
+def _csv(class_names: list[str], rows: list[list[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(
+        ["split", "path", "true", "pred", "prob_pred", *[f"p:{c}" for c in class_names]]
+    )
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def read_predictions(run: RunFolder) -> list[dict[str, Any]]:
+    """Rows of predictions.csv with probabilities as floats."""
+    path = run.path / "predictions.csv"
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        out = []
+        for row in reader:
+            row["prob_pred"] = float(row["prob_pred"])
+            row["probs"] = np.array([float(row.pop(k)) for k in list(row) if k.startswith("p:")])
+            out.append(row)
+        return out
