@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import hmac
+
 import streamlit as st
 
-st.set_page_config(page_title="Finetune Dashboard", page_icon=":material/model_training:", layout="wide")
+from ui.services import get_job_manager, setting
+
+st.set_page_config(
+    page_title="Finetune Dashboard", page_icon=":material/model_training:", layout="wide"
+)
 
 PAGES = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
@@ -16,4 +22,58 @@ PAGES = [
     st.Page("pages/runs.py", title="Runs", icon=":material/list:"),
 ]
 
-st.navigation(PAGES).run()
+
+def password_gate() -> None:
+    """When FINETUNE_PASSWORD is set (environment or secrets), ask for it once per session."""
+    password = setting("FINETUNE_PASSWORD")
+    if not password or st.session_state.get("authenticated"):
+        return
+    st.title("Finetune Dashboard")
+    with st.form("login"):
+        typed = st.text_input("Password", type="password")
+        if st.form_submit_button("Sign in", type="primary"):
+            if hmac.compare_digest(typed.encode(), password.encode()):
+                st.session_state["authenticated"] = True
+                st.rerun()
+            st.error("Wrong password.")
+    st.stop()
+
+
+def job_badge() -> None:
+    """Running and queued jobs of this server, on every page."""
+    manager = get_job_manager()
+    running = 1 if manager.running() else 0
+    queued = len(manager.queue_positions())
+    with st.sidebar:
+        st.caption("Jobs")
+        with st.container(horizontal=True, gap="small"):
+            if running or queued:
+                if running:
+                    st.badge(f"{running} running", icon=":material/progress_activity:", color="blue")
+                if queued:
+                    st.badge(f"{queued} queued", icon=":material/schedule:", color="gray")
+            else:
+                st.badge("idle", icon=":material/check:", color="green")
+        if running or queued:
+            st.page_link("pages/training.py", label="Watch training", icon=":material/monitoring:")
+        st.text_input(
+            "Your name",
+            key="user_name",
+            placeholder="shown on your runs",
+            help="Recorded as the creator of the datasets and runs you start.",
+        )
+
+
+def keep_form_state(prefixes: tuple[str, ...] = ("cfg_",)) -> None:
+    """Keep the setup form's values while other pages are open (Streamlit drops the state
+    of widgets that are not on the page; re-assigning a key marks it as the app's own)."""
+    for name in list(st.session_state.keys()):
+        if str(name).startswith(prefixes):
+            st.session_state[name] = st.session_state[name]
+
+
+password_gate()
+keep_form_state()
+navigation = st.navigation(PAGES)
+job_badge()
+navigation.run()

@@ -96,8 +96,8 @@ class RunConfig:
             out.append("batch_size must be between 1 and 65536.")
         if not 16 <= self.image_size <= 1024:
             out.append("image_size must be between 16 and 1024 pixels.")
-        if not 0 < self.lr < 10:
-            out.append("lr must be positive and below 10.")
+        if not 0 < self.lr <= 1000:
+            out.append("lr must be positive and at most 1000.")
         if self.lr_mult < 1:
             out.append("lr_mult must be at least 1.")
         if self.weight_decay < 0:

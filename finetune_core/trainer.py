@@ -187,11 +187,23 @@ class Trainer:
             raise TrainingError("The dataset has no training images; add images or re-split it.")
         if len(self.val_data) == 0:
             self.log("warning: no validation images; the best epoch is chosen by training loss")
-        counts = torch.bincount(self.train_data.labels, minlength=len(self.class_names)).float()
+        if self.device.type == "cuda":
+            self._move_cache_to_gpu()
+        counts = torch.bincount(self.train_data.labels.cpu(), minlength=len(self.class_names)).float()
         self.class_counts = counts
         self.log(
             f"cached {len(self.train_data)} train and {len(self.val_data)} val images at {size}px"
         )
+
+    def _move_cache_to_gpu(self) -> None:
+        """Keep the uint8 cache on the GPU when it fits easily: no host-to-device copy per batch."""
+        free, _ = torch.cuda.mem_get_info(self.device)
+        for data in (self.train_data, self.val_data):
+            if data.images.numel() < 0.25 * free:
+                data.images = data.images.to(self.device)
+                data.labels = data.labels.to(self.device)
+            elif not data.memory_mapped:
+                data.images = data.images.pin_memory()
 
     def _criterion_weights(self) -> torch.Tensor | None:
         if self.cfg.class_balance != "weighted_loss":
@@ -241,11 +253,12 @@ class Trainer:
             self._load_data()
             start_epoch, ckpt = self._maybe_resume()
             self._emit("on_fit_start", logs)
-            self.early_stopping = EarlyStopping(
-                self.cfg.es_metric if len(self.val_data) else "train_loss",
-                self.cfg.es_patience,
-                self.cfg.es_min_delta,
-            )
+            if self.cfg.early_stopping:
+                self.early_stopping = EarlyStopping(
+                    self.cfg.es_metric if len(self.val_data) else "train_loss",
+                    self.cfg.es_patience,
+                    self.cfg.es_min_delta,
+                )
             if ckpt and ckpt.get("early_stopping"):
                 self.early_stopping.load_state_dict(ckpt["early_stopping"])
             if self.cfg.strategy == "probe":
@@ -370,7 +383,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
         n = len(self.train_data)
         if self.cfg.class_balance == "balanced_sampler":
-            weights = (1.0 / self.class_counts.clamp(min=1))[self.train_data.labels]
+            weights = (1.0 / self.class_counts.clamp(min=1))[self.train_data.labels.cpu()]
             return torch.multinomial(weights, n, replacement=True, generator=gen)
         return torch.randperm(n, generator=gen)
 
@@ -412,6 +425,7 @@ class Trainer:
         logs = {"epoch": epoch, "phase": phase.name, "steps": steps, "step": 0}
         self._emit("on_epoch_start", logs)
         images, labels = self.train_data.images, self.train_data.labels
+        order = order.to(images.device)
         for step in range(steps):
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
             if len(idx) < MIN_BATCH_SIZE and step > 0:

@@ -1,4 +1,124 @@
+"""Home: what the dashboard does, the workspace at a glance, and a one-click demo."""
+
+from __future__ import annotations
+
 import streamlit as st
 
-st.title("Home")
-st.info("This page is being built.")
+from finetune_core.data import IngestError, create_demo_dataset
+from finetune_core.device import device_info
+from finetune_core.jobs import JobError
+from finetune_core.presets import demo_config
+from finetune_core.store import RunStatus
+from ui.components import (
+    Metric,
+    error_box,
+    fmt_pct,
+    fmt_when,
+    metric_row,
+    status_badge,
+)
+from ui.services import current_user, get_job_manager, get_workspace, imagenet_cached
+
+ws = get_workspace()
+manager = get_job_manager()
+
+st.title("Finetune Dashboard")
+st.markdown(
+    "Turn a folder of labelled images into a **fine-tuned image classifier** without writing "
+    "code.  \nUpload your images and check their health, pick a pretrained model and a "
+    "recipe, and watch it train live.  \nThen read an honest evaluation, try the model on new "
+    "images and export it — every run stays in this workspace for the whole team."
+)
+
+counts = ws.counts()
+running = 1 if manager.running() else 0
+queued = len(manager.queue_positions())
+info = device_info()
+memory = f"{info.memory_gb:g} GB" if info.memory_gb else "unknown"
+metric_row(
+    [
+        Metric("Datasets", str(counts["datasets"])),
+        Metric("Runs", str(counts["runs"])),
+        Metric("Training now", str(running), help="Jobs run one at a time per device."),
+        Metric("Queued", str(queued)),
+        Metric(
+            "Device",
+            "GPU" if info.kind == "cuda" else info.kind.upper(),
+            help=f"{info.name}; memory {memory}; bf16 {'yes' if info.bf16 else 'no'}",
+        ),
+    ]
+)
+st.caption(
+    f"Training runs on **{info.name}** · {'GPU' if info.kind == 'cuda' else 'system'} memory "
+    f"{memory} · {info.cores} CPU cores · bf16 {'supported' if info.bf16 else 'not supported'}"
+)
+
+
+def start_demo(train: bool) -> None:
+    """Create the demo dataset; then train a quick model, or open Setup with it."""
+    with st.status("Preparing the demo dataset…", expanded=False) as status:
+        try:
+            dataset = create_demo_dataset(ws, creator=current_user())
+        except IngestError as exc:
+            status.update(label="The demo dataset could not be created", state="error")
+            error_box(str(exc), exc)
+            return
+        if not train:
+            status.update(label="Demo dataset ready", state="complete")
+            st.switch_page(
+                "pages/setup.py", query_params={"dataset": dataset.id, "preset": "quick"}
+            )
+        config = demo_config(dataset.id, pretrained_available=imagenet_cached("resnet18"))
+        try:
+            run_id = manager.submit(config, creator=current_user())
+        except JobError as exc:
+            status.update(label="The demo run could not start", state="error")
+            error_box(str(exc), exc)
+            return
+        status.update(label="Demo run queued", state="complete")
+    st.switch_page("pages/training.py", query_params={"run": run_id})
+
+
+left, right = st.columns(2, gap="medium")
+with left, st.container(border=True, height="stretch"):
+    st.subheader(":material/rocket_launch: Try it with the demo dataset")
+    st.markdown(
+        "120 small generated pictures of three shapes (circles, squares, triangles) on noisy "
+        "backgrounds. One click creates the dataset and trains a small model — about a minute "
+        "on a CPU — and opens the live training view."
+    )
+    with st.container(horizontal=True):
+        if st.button("Train a quick demo model", type="primary", icon=":material/bolt:"):
+            start_demo(train=True)
+        if st.button("Set up a run on the demo data", icon=":material/tune:"):
+            start_demo(train=False)
+with right, st.container(border=True, height="stretch"):
+    st.subheader(":material/photo_library: Use your own images")
+    st.markdown(
+        "1. **Data** — upload a zip or a folder with one sub-folder per class (or a CSV).\n"
+        "2. **Setup** — choose a model and a recipe; *Quick* is a good first try.\n"
+        "3. **Training** — watch the curves; close the tab whenever you like.\n"
+        "4. **Evaluation** — confusion matrix, mistakes, report and export."
+    )
+    with st.container(horizontal=True):
+        st.page_link("pages/data.py", label="Add a dataset", icon=":material/upload:")
+        st.page_link("pages/runs.py", label="All runs", icon=":material/list:")
+
+st.subheader("Recent runs")
+recent = ws.list_runs(limit=5)
+if not recent:
+    st.info("No runs yet. Start with the demo above, or add a dataset on the Data page.")
+for run in recent:
+    with st.container(border=True, horizontal=True, vertical_alignment="center"):
+        status_badge(run.status)
+        st.text(run.name or run.id)
+        st.caption(
+            f"{run.model} · {run.strategy} · val accuracy {fmt_pct(run.best_val_accuracy)} · "
+            f"{fmt_when(run.created_at)}"
+        )
+        target = (
+            "pages/training.py"
+            if run.status in RunStatus.ACTIVE or run.status == RunStatus.FAILED
+            else "pages/evaluation.py"
+        )
+        st.page_link(target, label="Open", icon=":material/open_in_new:", query_params={"run": run.id})

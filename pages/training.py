@@ -1,4 +1,232 @@
+"""Training: live progress of a run, stop/cancel/resume, and the queue.
+
+The page only reads: the job manager (one per server) owns the runs, so a refresh, a
+closed tab or a second browser shows the same state. While the run is active a
+fragment polls the manager's snapshot; when it ends, one full rerun shows the final
+state and polling stops.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
 import streamlit as st
 
+from finetune_core import charts
+from finetune_core.callbacks import Progress
+from finetune_core.jobs import JobError
+from finetune_core.store import RunRecord, RunStatus
+from ui.components import (
+    Metric,
+    error_box,
+    esc,
+    fmt_duration,
+    fmt_pct,
+    fmt_when,
+    metric_row,
+    pick_run,
+    status_badge,
+)
+from ui.services import current_user, get_job_manager, get_workspace
+
+POLL_SECONDS = 1.0
+LOG_LINES = 30
+
+ws = get_workspace()
+manager = get_job_manager()
+
 st.title("Training")
-st.info("This page is being built.")
+runs = ws.list_runs()
+if not runs:
+    st.info("No runs yet. Configure one on the Setup page.", icon=":material/info:")
+    st.page_link("pages/setup.py", label="Set up a run", icon=":material/tune:")
+    st.stop()
+
+active_ids = [r.id for r in runs if r.status in RunStatus.ACTIVE]
+default = manager.running() or (active_ids[0] if active_ids else runs[0].id)
+run = pick_run(runs, key="training_run", default=default)
+assert run is not None
+
+
+def is_active(run_id: str) -> bool:
+    record = ws.get_run(run_id)
+    return manager.is_active(run_id) or (record is not None and record.status in RunStatus.ACTIVE)
+
+
+def header(record: RunRecord) -> None:
+    with st.container(horizontal=True, vertical_alignment="center"):
+        st.subheader(esc(record.name or record.id), anchor=False)
+        status_badge(record.status)
+    dataset = ws.get_dataset(record.dataset_id)
+    st.caption(
+        f"{record.model} · {record.strategy} · dataset {esc(dataset.name) if dataset else '(deleted)'}"
+        f" · started by {esc(record.creator or 'someone')} · {fmt_when(record.created_at)} · "
+        f"id `{record.id}`"
+    )
+
+
+def progress_text(snap: Progress) -> str:
+    if snap.status == RunStatus.QUEUED:
+        return "Waiting in the queue"
+    parts = [f"Epoch {snap.epoch} of {snap.epochs}" if snap.epochs else "Starting"]
+    if snap.steps:
+        parts.append(f"step {snap.step} of {snap.steps}")
+    if snap.phase:
+        parts.append(esc(snap.phase))
+    return " · ".join(parts)
+
+
+def live_numbers(snap: Progress) -> None:
+    memory_label = "GPU memory" if manager.workspace and _on_gpu() else "Process memory"
+    best = (
+        f"{snap.best_epoch} ({fmt_pct(snap.best_metric)})" if snap.best_epoch is not None else "–"
+    )
+    metric_row(
+        [
+            Metric("ETA", fmt_duration(snap.eta_seconds), help="Time left for all epochs."),
+            Metric("Elapsed", fmt_duration(snap.elapsed_seconds)),
+            Metric(
+                "Images / s",
+                f"{snap.images_per_second:,.0f}" if snap.images_per_second else "–",
+            ),
+            Metric(memory_label, f"{snap.memory_mb:,.0f} MB" if snap.memory_mb else "–"),
+            Metric("Train loss", f"{snap.train_loss:.4f}" if snap.train_loss is not None else "–"),
+            Metric("Learning rate", f"{snap.lr:.2e}" if snap.lr else "–"),
+            Metric("Best epoch (val acc.)", best),
+            Metric(
+                "Early-stop patience",
+                str(snap.patience_left) if snap.patience_left is not None else "–",
+                help="Epochs without improvement left before early stopping ends the run.",
+            ),
+        ]
+    )
+
+
+def _on_gpu() -> bool:
+    device = (run.config or {}).get("device", "auto")
+    if device.startswith("cuda"):
+        return True
+    from finetune_core.device import device_info
+
+    return device == "auto" and device_info().kind == "cuda"
+
+
+def controls(record: RunRecord, snap: Progress) -> None:
+    with st.container(horizontal=True):
+        if snap.status == RunStatus.QUEUED or record.status == RunStatus.QUEUED:
+            if st.button("Cancel", icon=":material/cancel:", key="cancel_run",
+                         help="Remove the run from the queue."):  # fmt: skip
+                manager.stop(record.id)
+                st.rerun(scope="app")
+        elif record.status == RunStatus.RUNNING:
+            if st.button(
+                "Stop",
+                icon=":material/stop:",
+                key="stop_run",
+                help="Stop after the current batch; the best checkpoint so far is kept.",
+            ):
+                manager.stop(record.id)
+                st.toast("Stopping after the current batch; the best model is kept.")
+
+
+@st.fragment(run_every=POLL_SECONDS if is_active(run.id) else None)
+def live_view(run_id: str, was_active: bool) -> None:
+    record = ws.get_run(run_id)
+    snap = manager.snapshot(run_id)
+    if record is None or snap is None:
+        st.warning("This run no longer exists.")
+        return
+    still_active = manager.is_active(run_id) or record.status in RunStatus.ACTIVE
+    if was_active and not still_active:
+        st.rerun(scope="app")  # one full rerun shows the final state and ends the polling
+    if still_active:
+        if snap.status == RunStatus.QUEUED:
+            position = manager.queue_positions().get(run_id)
+            st.info(
+                f"Queued{f' at position {position}' if position else ''}: it starts when the "
+                "runs before it finish.",
+                icon=":material/schedule:",
+            )
+        elif record.status not in RunStatus.ACTIVE:
+            st.info("Training finished; evaluating the model and writing the report…",
+                    icon=":material/hourglass_top:")  # fmt: skip
+        st.progress(snap.fraction, text=progress_text(snap))
+        controls(record, snap)
+    live_numbers(snap)
+    st.plotly_chart(
+        charts.training_curves(list(snap.history), snap.best_epoch), key="training_curves"
+    )
+    if snap.log:
+        with st.expander("Log", expanded=still_active, icon=":material/notes:"):
+            st.code("\n".join(snap.log[-LOG_LINES:]), language="text")
+
+
+def final_state(record: RunRecord) -> None:
+    if record.status == RunStatus.SUCCEEDED:
+        st.success(
+            f"Finished: best validation accuracy {fmt_pct(record.best_val_accuracy)} at epoch "
+            f"{record.best_epoch} of {record.epochs_run}, in {fmt_duration(record.train_seconds)}.",
+            icon=":material/check_circle:",
+        )
+        if record.error:  # post-run step (evaluation/report) failed
+            st.warning(record.error)
+    elif record.status == RunStatus.FAILED:
+        error_box(
+            f"The run failed: {record.error or 'no reason was recorded.'}",
+            details=record.traceback or None,
+        )
+    elif record.status in RunStatus.RESUMABLE:
+        reason = record.error or "The run was stopped."
+        st.info(f"{reason} It can resume from its last checkpoint.", icon=":material/pause_circle:")
+    with st.container(horizontal=True):
+        if record.status in (RunStatus.SUCCEEDED, RunStatus.STOPPED) or record.best_epoch:
+            st.page_link(
+                "pages/evaluation.py",
+                label="Open the evaluation",
+                icon=":material/analytics:",
+                query_params={"run": record.id},
+            )
+        if record.status in RunStatus.RESUMABLE and st.button(
+            "Resume", icon=":material/play_arrow:", key="resume_run", type="primary"
+        ):
+            try:
+                manager.resume(record.id)
+            except JobError as exc:
+                st.error(str(exc))
+            else:
+                st.rerun()
+        if st.button("Re-run with the same settings", icon=":material/replay:", key="rerun_run"):
+            try:
+                new_id = manager.rerun(record.id, creator=current_user())
+            except JobError as exc:
+                st.error(str(exc))
+            else:
+                st.query_params["run"] = new_id
+                st.session_state["training_run"] = new_id
+                st.rerun()
+
+
+def queue_table() -> None:
+    positions = manager.queue_positions()
+    running = manager.running()
+    rows = []
+    if running:
+        record = ws.get_run(running)
+        rows.append({"Position": "running", "Run": record.name if record else running,
+                     "Model": record.model if record else "", "Id": running})  # fmt: skip
+    for run_id, position in sorted(positions.items(), key=lambda kv: kv[1]):
+        record = ws.get_run(run_id)
+        rows.append({"Position": str(position), "Run": record.name if record else run_id,
+                     "Model": record.model if record else "", "Id": run_id})  # fmt: skip
+    st.subheader("Queue")
+    if rows:
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        st.caption("Runs train one at a time on this server, in the order they were started.")
+    else:
+        st.caption("Nothing is training or waiting.")
+
+
+header(run)
+if not is_active(run.id):
+    final_state(ws.get_run(run.id) or run)
+live_view(run.id, is_active(run.id))
+queue_table()

@@ -19,7 +19,7 @@ def test_every_problem_is_reported() -> None:
     assert "Choose a dataset" in text
     assert "strategy must be one of probe, finetune, full, last_n" in text
     assert "epochs must be between" in text
-    assert "lr must be positive" in text
+    assert "lr must be positive and at most 1000" in text
     assert 'batch_size must be a positive integer or "auto"' in text
     with pytest.raises(ConfigError, match="Invalid run configuration"):
         cfg.validate()

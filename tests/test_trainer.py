@@ -46,7 +46,7 @@ def tiny_config(dataset_id: str, **changes: Any) -> RunConfig:
 def train(demo, tmp_path: Path, callbacks=(), resume=False, stop=None, **changes) -> tuple:
     ws, ds = demo
     run_dir = tmp_path / "run"
-    run_dir.mkdir(exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     cfg = tiny_config(ds.id, **changes)
     trainer = Trainer(
         cfg, ds, run_dir, ws.cache_dir,
@@ -153,8 +153,8 @@ def test_same_seed_gives_same_metrics(demo, tmp_path) -> None:
 def test_huge_learning_rate_fails_with_a_nan_reason(demo, tmp_path) -> None:
     with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf).*Lower the learning rate"):
         train(
-            demo, tmp_path, optimizer="sgd", lr=9.0, momentum=0.99, schedule="constant",
-            warmup_pct=0.0, epochs=3,
+            demo, tmp_path, optimizer="sgd", lr=1000.0, momentum=0.99, schedule="constant",
+            warmup_pct=0.0, epochs=4,
         )
 
 

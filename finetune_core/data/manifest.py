@@ -1,0 +1,63 @@
+"""The manifest: one row per imported file, stored as ``manifest.csv`` in the dataset folder."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from finetune_core.fsutil import atomic_write_text
+
+MANIFEST_NAME = "manifest.csv"
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One imported file.
+
+    ``path`` is relative to the dataset's ``images/`` folder (posix); ``source`` is where
+    the file was in the upload (what the user recognises). ``status`` is ``"ok"`` or a
+    health-finding code (``truncated``, ``not_an_image`` ...) with ``reason`` saying why.
+    """
+
+    path: str
+    label: str
+    split: str  # train | val | test ("" for unusable files without a user split)
+    sha256: str
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    mode: str = ""
+    status: str = "ok"
+    reason: str = ""
+    source: str = ""
+    size: int = 0  # bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+_FIELDS = [f.name for f in fields(ManifestRow)]
+_INT_FIELDS = {"width", "height", "size"}
+
+
+def write_manifest(path: Path, rows: list[ManifestRow]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(asdict(row))
+    atomic_write_text(path, buffer.getvalue())
+
+
+def read_manifest(path: Path) -> list[ManifestRow]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = []
+        for record in csv.DictReader(handle):
+            values = {k: record.get(k, "") or "" for k in _FIELDS}
+            for key in _INT_FIELDS:
+                values[key] = int(values[key] or 0)
+            rows.append(ManifestRow(**values))
+        return rows

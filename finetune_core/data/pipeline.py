@@ -1,0 +1,307 @@
+"""Ingest: turn a source into a registered dataset, streaming one file at a time.
+
+The dataset is built in ``workspace.tmp_dir``, moved into place with one ``os.replace``
+and only then registered, so a failure at any point leaves no row and no files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+from finetune_core.data.archive import IngestLimits
+from finetune_core.data.dataset import DATASET_META, HEALTH_NAME, IMAGES_DIR, Dataset
+from finetune_core.data.errors import IngestError
+from finetune_core.data.fingerprint import dataset_fingerprint
+from finetune_core.data.health import HealthReport, build_report
+from finetune_core.data.images import IMAGE_EXTENSIONS, ImageReadError, probe_image
+from finetune_core.data.manifest import MANIFEST_NAME, ManifestRow, write_manifest
+from finetune_core.data.sources import Candidate, Plan, open_plan
+from finetune_core.data.split import SplitSpec, assign_splits
+from finetune_core.fsutil import atomic_write_json
+from finetune_core.store import DatasetRecord, Workspace, new_id, utc_now
+
+Progress = Callable[[int, int, str], None]
+
+_CHUNK = 1024 * 1024
+_STALE_BUILD_SECONDS = 24 * 3600
+_PROGRESS_INTERVAL = 0.1
+
+
+@dataclass
+class IngestResult:
+    dataset: Dataset
+    health: HealthReport
+
+
+def ingest(
+    workspace: Workspace,
+    source: object,
+    *,
+    name: str,
+    creator: str = "",
+    split: SplitSpec = SplitSpec(),
+    progress: Progress | None = None,
+    limits: IngestLimits | None = None,
+) -> IngestResult:
+    """Import ``source`` as a new dataset named ``name`` and compute its health report.
+
+    ``source``: a path to a .zip, a folder (class folders, or train/ val|valid/ [test/]
+    each with class folders) or a .csv; ``CsvSource``; ``ServerPath``; an
+    ``UploadedFile`` or a list of them. Raises :class:`IngestError` with a message a user
+    can act on; then nothing is registered and nothing is left on disk. A dataset whose
+    report has errors is still registered (the report says what blocks training).
+    """
+    return _ingest(
+        workspace, source, name=name, creator=creator, split=split, progress=progress, limits=limits
+    )
+
+
+def _ingest(
+    workspace: Workspace,
+    source: object,
+    *,
+    name: str,
+    creator: str,
+    split: SplitSpec,
+    progress: Progress | None,
+    limits: IngestLimits | None,
+    source_kind: str | None = None,
+    extra_summary: dict[str, Any] | None = None,
+) -> IngestResult:
+    name = (name or "").strip()
+    if not name:
+        raise IngestError("Give the dataset a name.")
+    if workspace.find_dataset_by_name(name):
+        raise IngestError(
+            f"A dataset named {name!r} already exists. Choose another name or delete it first."
+        )
+    problems = split.problems()
+    if problems:
+        raise IngestError(" ".join(problems))
+    limits = limits or IngestLimits()
+    _remove_stale_builds(workspace.tmp_dir)
+
+    dataset_id = new_id("d")
+    build = workspace.tmp_dir / f"ingest-{dataset_id}"
+    final = workspace.dataset_dir(dataset_id)
+    moved = False
+    try:
+        build.mkdir(parents=True)
+        with open_plan(source, limits) as plan:
+            rows = _import(plan, build / IMAGES_DIR, limits, progress)
+            class_names = sorted({c.label for c in plan.candidates})
+            user_split = plan.user_split
+            rows, carved = assign_splits(rows, split)
+            val_share = split.val / (split.train + split.val) if carved else None
+            report = build_report(rows, class_names, plan.skipped, val_carved=val_share)
+            usable = [r for r in rows if r.ok]
+            if not usable:
+                raise _nothing_usable(rows)
+            record = DatasetRecord(
+                id=dataset_id,
+                name=name,
+                creator=creator,
+                source_kind=source_kind or plan.kind,
+                num_images=len(usable),
+                num_classes=len(class_names),
+                class_names=class_names,
+                fingerprint=dataset_fingerprint(rows, class_names),
+                health=report.status,
+                summary=_summary(report, split, plan, user_split, extra_summary),
+            )
+            meta = {
+                "format_version": 1,
+                "id": dataset_id,
+                "name": name,
+                "created_at": record.created_at,
+                "source_kind": record.source_kind,
+                "source": plan.description,
+                "layout": plan.layout,
+                "user_split": user_split,
+                "split": split.to_dict(),
+                "class_names": class_names,
+                "fingerprint": record.fingerprint,
+            }
+        write_manifest(build / MANIFEST_NAME, rows)
+        atomic_write_json(build / HEALTH_NAME, report.to_dict())
+        atomic_write_json(build / DATASET_META, meta)
+        os.replace(build, final)
+        moved = True
+        workspace.add_dataset(record)
+    except BaseException as exc:
+        shutil.rmtree(final if moved else build, ignore_errors=True)
+        if isinstance(exc, IngestError) or not isinstance(exc, Exception):
+            raise
+        if isinstance(exc, OSError):
+            raise IngestError(
+                f"Could not write the dataset: {exc.strerror or exc}. Check free disk space."
+            ) from exc
+        raise IngestError(f"The import failed unexpectedly: {type(exc).__name__}: {exc}") from exc
+    return IngestResult(dataset=Dataset(workspace, record), health=report)
+
+
+def _import(
+    plan: Plan, images_dir: Path, limits: IngestLimits, progress: Progress | None
+) -> list[ManifestRow]:
+    """Copy, hash and probe each candidate, one at a time."""
+    candidates = plan.candidates
+    labels = sorted({c.label for c in candidates})
+    class_dirs = {label: f"{i:03d}-{_slug(label, 40) or 'class'}" for i, label in enumerate(labels)}
+    for folder in class_dirs.values():
+        (images_dir / folder).mkdir(parents=True, exist_ok=True)
+    total = len(candidates)
+    budget = [limits.max_total_bytes]
+    rows: list[ManifestRow] = []
+    last = 0.0
+    if progress:
+        progress(0, total, f"Reading {total} files")
+    for index, cand in enumerate(candidates):
+        rows.append(_import_one(cand, index, images_dir, class_dirs[cand.label], limits, budget))
+        now = time.monotonic()
+        if progress and (now - last >= _PROGRESS_INTERVAL or index + 1 == total):
+            last = now
+            progress(index + 1, total, cand.source)
+    return rows
+
+
+def _import_one(
+    cand: Candidate,
+    index: int,
+    images_dir: Path,
+    class_dir: str,
+    limits: IngestLimits,
+    budget: list[int],
+) -> ManifestRow:
+    rel = f"{class_dir}/{index:06d}-{_file_name(cand.source)}"
+    dest = images_dir / rel
+    base = ManifestRow(
+        path=rel, label=cand.label, split=cand.split or "", sha256="", source=cand.source
+    )
+    try:
+        sha, size = _copy(cand, dest, budget, limits)
+    except _ReadFailed as exc:
+        dest.unlink(missing_ok=True)
+        return replace(base, path="", status="unreadable", reason=f"cannot read the file: {exc}")
+    if size == 0:
+        return replace(base, sha256=sha, status="empty_file", reason="file is empty (0 bytes)")
+    try:
+        info = probe_image(dest, max_pixels=limits.max_pixels)
+    except ImageReadError as exc:
+        return replace(base, sha256=sha, size=size, status=exc.code, reason=exc.reason)
+    return replace(
+        base,
+        sha256=sha,
+        size=size,
+        width=info.width,
+        height=info.height,
+        format=info.format,
+        mode=info.mode,
+    )
+
+
+class _ReadFailed(Exception):
+    """Reading one source file failed (it becomes an unreadable row, not an abort)."""
+
+
+def _copy(cand: Candidate, dest: Path, budget: list[int], limits: IngestLimits) -> tuple[str, int]:
+    """Stream ``cand`` to ``dest``; return (sha256, size). Enforces the byte limits as it goes."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        handle: BinaryIO = cand.opener()
+    except Exception as exc:
+        raise _ReadFailed(_describe(exc)) from exc
+    with handle, open(dest, "xb") as out:
+        while True:
+            try:
+                chunk = handle.read(_CHUNK)
+            except Exception as exc:  # zlib/CRC errors in a zip entry, I/O errors on a disk
+                raise _ReadFailed(_describe(exc)) from exc
+            if not chunk:
+                break
+            size += len(chunk)
+            budget[0] -= len(chunk)
+            if budget[0] < 0:
+                raise IngestError(
+                    f"The upload expands to more than {limits.max_total_bytes:,} bytes, above the "
+                    "limit; nothing was imported. Upload a smaller dataset or raise the limit."
+                )
+            if cand.declared_size is not None and size > cand.declared_size:
+                raise IngestError(
+                    f"The archive entry {cand.source!r} holds more data than its header declares, "
+                    "a sign of a tampered archive; nothing was imported."
+                )
+            digest.update(chunk)
+            out.write(chunk)
+    return digest.hexdigest(), size
+
+
+def _describe(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _slug(text: str, limit: int) -> str:
+    """A file-system-safe rendering of untrusted text (letters and digits kept, any script)."""
+    text = unicodedata.normalize("NFC", text)
+    out = "".join(c if (c.isalnum() or c in "-_") else "_" for c in text)
+    out = "_".join(p for p in out.split("_") if p)
+    return out[:limit].strip("-_")
+
+
+def _file_name(source: str) -> str:
+    pure = PurePosixPath(source.replace("\\", "/"))
+    suffix = pure.suffix.lower()
+    suffix = suffix if suffix in IMAGE_EXTENSIONS else ""
+    return (_slug(pure.stem, 60) or "image") + suffix
+
+
+def _nothing_usable(rows: list[ManifestRow]) -> IngestError:
+    shown = "; ".join(f"{r.source}: {r.reason}" for r in rows[:5])
+    more = f" (and {len(rows) - 5} more)" if len(rows) > 5 else ""
+    return IngestError(
+        f"No usable images: none of the {len(rows)} image file(s) could be read ({shown}{more}). "
+        "Check that the files are real, complete images."
+    )
+
+
+def _summary(
+    report: HealthReport,
+    split: SplitSpec,
+    plan: Plan,
+    user_split: bool,
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
+    stats = report.stats
+    return {
+        "class_counts": stats["class_counts"],
+        "split_totals": stats["split_totals"],
+        "num_unusable": stats["num_unusable"],
+        "num_ignored": stats["num_ignored"],
+        "errors": len(report.errors),
+        "warnings": len(report.warnings),
+        "finding_codes": report.codes(),
+        "layout": plan.layout,
+        "user_split": user_split,
+        "split": split.to_dict(),
+        "ingested_at": utc_now(),
+        **(extra or {}),
+    }
+
+
+def _remove_stale_builds(tmp_dir: Path) -> None:
+    """Builds left by a process that was killed mid-ingest (a day old: nobody owns them)."""
+    cutoff = time.time() - _STALE_BUILD_SECONDS
+    for path in tmp_dir.glob("ingest-*"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass

@@ -1,0 +1,431 @@
+"""Turn each kind of source into a Plan: the image candidates with their label and split,
+plus the entries that were skipped and why. Nothing is copied here.
+
+Sources: a zip (path or upload), a folder (class folders or train/val/test folders),
+a CSV of path,label[,split], files uploaded from the browser with their labels, and a
+server-side path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from finetune_core.data.archive import IngestLimits, check_zip, open_zip
+from finetune_core.data.errors import IngestError
+from finetune_core.data.layout import (
+    SPLIT_NAMES,
+    Skipped,
+    detect_layout,
+    folder_ignore_reason,
+    ignore_reason,
+    normalize_label,
+    place,
+    split_path,
+)
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """A file uploaded from the browser. ``label`` is its class; for folder uploads it may
+    be left empty and is then taken from the parent folder in ``name``."""
+
+    name: str
+    data: bytes = field(repr=False)
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class CsvSource:
+    """A CSV with ``path`` and ``label`` (optional ``split``) columns; paths are relative to
+    ``images_root`` (default: the CSV's folder) and must stay inside it."""
+
+    csv_path: str | os.PathLike
+    images_root: str | os.PathLike | None = None
+
+
+@dataclass(frozen=True)
+class ServerPath:
+    """A folder, zip or CSV on the server (the app gates this behind an admin setting)."""
+
+    path: str | os.PathLike
+
+
+@dataclass
+class Candidate:
+    """One file to import: where it came from, its class, its split (None = assign)."""
+
+    source: str
+    label: str
+    split: str | None
+    opener: Callable[[], BinaryIO]
+    declared_size: int | None = None  # zip entries: streaming may not exceed it
+
+
+@dataclass
+class Plan:
+    kind: str  # zip | folder | csv | upload | server
+    layout: str  # class_folders | split_folders | csv | labels
+    description: str
+    candidates: list[Candidate]
+    skipped: list[Skipped]
+
+    @property
+    def user_split(self) -> bool:
+        return any(c.split is not None for c in self.candidates)
+
+
+CSV_PATH_COLUMNS = ("path", "file", "filename", "file_name", "filepath", "image", "image_path")
+CSV_LABEL_COLUMNS = ("label", "class", "class_name", "category", "target")
+CSV_SPLIT_COLUMNS = ("split", "subset", "set")
+
+
+@contextlib.contextmanager
+def open_plan(source: object, limits: IngestLimits) -> Iterator[Plan]:
+    """Build the Plan for any supported source; open archives stay open inside the block."""
+    with contextlib.ExitStack() as stack:
+        yield _plan(source, limits, stack)
+
+
+def _plan(source: object, limits: IngestLimits, stack: contextlib.ExitStack) -> Plan:
+    if isinstance(source, ServerPath):
+        plan = _path_plan(Path(source.path), limits, stack)
+        plan.kind = "server"
+        return plan
+    if isinstance(source, CsvSource):
+        return csv_plan(Path(source.csv_path), source.images_root, limits)
+    if isinstance(source, UploadedFile):
+        return _uploads_plan([source], limits, stack)
+    if isinstance(source, (str, os.PathLike)):
+        return _path_plan(Path(source), limits, stack)
+    if isinstance(source, (list, tuple)):
+        if not all(isinstance(f, UploadedFile) for f in source):
+            raise IngestError("Uploads must be given as UploadedFile(name, data, label) items.")
+        return _uploads_plan(list(source), limits, stack)
+    raise IngestError(
+        f"Unsupported source {type(source).__name__}: give a zip, a folder, a CSV, or "
+        "uploaded files."
+    )
+
+
+def _path_plan(path: Path, limits: IngestLimits, stack: contextlib.ExitStack) -> Plan:
+    path = path.expanduser()
+    if not path.exists():
+        raise IngestError(f"{path} does not exist. Check the path and try again.")
+    if path.is_dir():
+        return folder_plan(path, limits)
+    if not path.is_file():
+        raise IngestError(f"{path} is not a regular file or folder.")
+    if path.stat().st_size == 0:
+        raise IngestError(f"The file {path.name} is empty (0 bytes). Upload it again.")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return csv_plan(path, None, limits)
+    if suffix == ".zip" or zipfile.is_zipfile(path):
+        zf = stack.enter_context(open_zip(str(path), path.name))
+        return zip_plan(zf, path.name, limits)
+    raise IngestError(
+        f"{path.name} is not a supported source: give a .zip archive, a folder with one "
+        "sub-folder per class, or a .csv with path and label columns."
+    )
+
+
+# ----------------------------------------------------------------------------- zip
+def zip_plan(zf: zipfile.ZipFile, display: str, limits: IngestLimits) -> Plan:
+    entries = check_zip(zf, limits)
+    if not entries:
+        raise IngestError(f"The archive {display} is empty: it contains no files.")
+    skipped: list[Skipped] = []
+    images: list[tuple[tuple[str, ...], zipfile.ZipInfo]] = []
+    for parts, info in entries:
+        reason = ignore_reason(parts)
+        if reason:
+            skipped.append(reason)
+        else:
+            images.append((parts, info))
+    if not images:
+        raise _no_images(display, skipped)
+    layout = detect_layout([p for p, _ in images])
+    candidates: list[Candidate] = []
+    for parts, info in images:
+        placed = place(parts, layout)
+        if isinstance(placed, Skipped):
+            skipped.append(placed)
+            continue
+        label, split = placed
+        candidates.append(
+            Candidate(
+                source="/".join(parts),
+                label=label,
+                split=split,
+                opener=lambda info=info: zf.open(info),
+                declared_size=info.file_size,
+            )
+        )
+    return Plan(
+        kind="zip",
+        layout="split_folders" if layout.split_layout else "class_folders",
+        description=display,
+        candidates=candidates,
+        skipped=skipped,
+    )
+
+
+# -------------------------------------------------------------------------- folder
+def folder_plan(root: Path, limits: IngestLimits) -> Plan:
+    """Walk a folder without following folder links (no loops); file links are read."""
+    skipped: list[Skipped] = []
+    images: list[tuple[tuple[str, ...], Path]] = []
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        rel_dir = Path(dirpath).relative_to(root).parts
+        keep = []
+        for d in sorted(dirnames):
+            parts = (*rel_dir, d)
+            full = Path(dirpath, d)
+            if full.is_symlink():
+                skipped.append(
+                    Skipped(
+                        "/".join(parts) + "/", "ignored_entry", "link to a folder (not followed)"
+                    )
+                )
+            elif reason := folder_ignore_reason(parts, "/".join(parts) + "/"):
+                # Reported once, instead of every file inside (a .git folder has thousands).
+                skipped.append(reason)
+            else:
+                keep.append(d)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            count += 1
+            if count > limits.max_files:
+                raise IngestError(
+                    f"The folder has more than {limits.max_files:,} files, above the limit. "
+                    "Import a smaller folder or raise the limit."
+                )
+            parts = (*rel_dir, name)
+            full = Path(dirpath, name)
+            reason = ignore_reason(parts)
+            if reason:
+                skipped.append(reason)
+            elif not full.is_file():  # FIFOs and devices would block or never end
+                skipped.append(Skipped("/".join(parts), "ignored_entry", "not a regular file"))
+            else:
+                images.append((parts, full))
+    if not images:
+        raise _no_images(str(root), skipped)
+    layout = detect_layout([p for p, _ in images])
+    candidates = []
+    for parts, full in images:
+        placed = place(parts, layout)
+        if isinstance(placed, Skipped):
+            skipped.append(placed)
+            continue
+        label, split = placed
+        candidates.append(Candidate("/".join(parts), label, split, _file_opener(full)))
+    return Plan(
+        kind="folder",
+        layout="split_folders" if layout.split_layout else "class_folders",
+        description=str(root),
+        candidates=candidates,
+        skipped=skipped,
+    )
+
+
+def _file_opener(path: Path) -> Callable[[], BinaryIO]:
+    return lambda: open(path, "rb")  # noqa: SIM115 - the pipeline closes it
+
+
+# ----------------------------------------------------------------------------- csv
+def csv_plan(csv_path: Path, images_root: str | os.PathLike | None, limits: IngestLimits) -> Plan:
+    csv_path = Path(csv_path).expanduser()
+    if not csv_path.is_file():
+        raise IngestError(f"The CSV file {csv_path} does not exist.")
+    root = Path(images_root).expanduser() if images_root else csv_path.parent
+    if not root.is_dir():
+        raise IngestError(f"The images folder {root} does not exist.")
+    real_root = Path(os.path.realpath(root))
+    try:
+        with open(csv_path, encoding="utf-8-sig", newline="") as handle:
+            rows = _read_csv(handle, csv_path.name, limits)
+    except UnicodeDecodeError as exc:
+        raise IngestError(
+            f"{csv_path.name} is not UTF-8 text (byte {exc.start} cannot be decoded). Save it "
+            "as UTF-8 (in Excel: Save As > CSV UTF-8) and try again."
+        ) from exc
+    except csv.Error as exc:
+        raise IngestError(f"{csv_path.name} is not a valid CSV file: {exc}.") from exc
+
+    candidates: list[Candidate] = []
+    skipped: list[Skipped] = []
+    unsafe: list[str] = []
+    for line, raw_path, label, split in rows:
+        where = f"line {line}"
+        if not raw_path or not label:
+            missing = "path" if not raw_path else "label"
+            skipped.append(Skipped(raw_path or where, "bad_row", f"{where}: empty {missing}"))
+            continue
+        if split == "?":
+            allowed = ", ".join(sorted(SPLIT_NAMES))
+            skipped.append(Skipped(raw_path, "bad_row", f"{where}: unknown split (use {allowed})"))
+            continue
+        rel = raw_path.replace("\\", "/")
+        full = Path(rel) if os.path.isabs(rel) else root / rel
+        resolved = Path(os.path.realpath(full))
+        if "\x00" in rel or not resolved.is_relative_to(real_root):
+            unsafe.append(f"{where}: {raw_path}")
+            continue
+        if not resolved.is_file():
+            skipped.append(Skipped(raw_path, "missing_file", f"{where}: file not found"))
+            continue
+        candidates.append(Candidate(rel, normalize_label(label), split, _file_opener(resolved)))
+    if unsafe:
+        shown = "; ".join(unsafe[:5]) + (f" and {len(unsafe) - 5} more" if len(unsafe) > 5 else "")
+        raise IngestError(
+            f"{csv_path.name} has paths outside the images folder {root} ({shown}). They were "
+            "rejected for safety; use paths relative to the images folder."
+        )
+    if not candidates:
+        missing = [s for s in skipped if s.code == "missing_file"]
+        if missing:
+            listed = ", ".join(s.source for s in missing[:5])
+            raise IngestError(
+                f"None of the files listed in {csv_path.name} exist under {root} (for example "
+                f"{listed}). Check the images folder and that paths are relative to it."
+            )
+        raise IngestError(
+            f"{csv_path.name} lists no usable rows (every row lacks a path or a label)."
+        )
+    return Plan(
+        kind="csv", layout="csv", description=str(csv_path), candidates=candidates, skipped=skipped
+    )
+
+
+def _read_csv(
+    handle: io.TextIOBase, display: str, limits: IngestLimits
+) -> list[tuple[int, str, str, str | None]]:
+    sample = handle.read(64 * 1024)
+    handle.seek(0)
+    if not sample.strip():
+        raise IngestError(f"{display} is empty. It needs a header row with path and label columns.")
+    try:
+        dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.reader(handle, dialect)
+    header = next(reader, None) or []
+    columns = [h.strip().lower() for h in header]
+
+    def find(names: tuple[str, ...]) -> int | None:
+        return next((columns.index(n) for n in names if n in columns), None)
+
+    path_col, label_col, split_col = (
+        find(CSV_PATH_COLUMNS),
+        find(CSV_LABEL_COLUMNS),
+        find(CSV_SPLIT_COLUMNS),
+    )
+    if path_col is None or label_col is None:
+        found = ", ".join(h.strip() for h in header if h.strip()) or "none"
+        needed = " and ".join(
+            name for name, col in (("path", path_col), ("label", label_col)) if col is None
+        )
+        raise IngestError(
+            f"{display} has no {needed} column (found columns: {found}). The first row must be "
+            "a header naming a path column and a label column, e.g. path,label[,split]."
+        )
+    rows = []
+    for number, record in enumerate(reader, start=2):
+        if not any(cell.strip() for cell in record):
+            continue
+        if len(rows) >= limits.max_files:
+            raise IngestError(
+                f"{display} lists more than {limits.max_files:,} files, above the limit."
+            )
+
+        def cell(col: int | None, record: list[str] = record) -> str:
+            return record[col].strip() if col is not None and col < len(record) else ""
+
+        split: str | None = None
+        if split_col is not None and cell(split_col):
+            split = SPLIT_NAMES.get(cell(split_col).lower(), "?")
+        rows.append((number, cell(path_col), cell(label_col), split))
+    return rows
+
+
+# -------------------------------------------------------------------------- uploads
+def _uploads_plan(
+    files: list[UploadedFile], limits: IngestLimits, stack: contextlib.ExitStack
+) -> Plan:
+    if not files:
+        raise IngestError("No files were uploaded. Choose some images first.")
+    if len(files) > limits.max_files:
+        raise IngestError(
+            f"{len(files):,} files were uploaded, more than the limit of {limits.max_files:,}."
+        )
+    if len(files) == 1 and not files[0].label and _looks_like_zip(files[0]):
+        only = files[0]
+        if not only.data:
+            raise IngestError(f"The file {only.name} is empty (0 bytes). Upload it again.")
+        zf = stack.enter_context(open_zip(io.BytesIO(only.data), only.name))
+        plan = zip_plan(zf, only.name, limits)
+        plan.kind = "upload"
+        return plan
+    if all(not f.data for f in files):
+        names = ", ".join(f.name for f in files[:3])
+        raise IngestError(f"The uploaded file is empty (0 bytes): {names}. Upload it again.")
+    candidates: list[Candidate] = []
+    skipped: list[Skipped] = []
+    for upload in files:
+        parts = split_path(upload.name) or ("unnamed",)
+        label = upload.label.strip() if upload.label else ""
+        if not label:
+            if len(parts) < 2:
+                raise IngestError(
+                    f"The uploaded file {upload.name} has no label. Give every file a class, "
+                    "or upload a folder with one sub-folder per class."
+                )
+            label = parts[-2]
+        source = "/".join(parts) if len(parts) > 1 else f"{label}/{parts[0]}"
+        reason = ignore_reason((label, *parts))
+        if reason:
+            skipped.append(Skipped(source, reason.code, reason.reason))
+            continue
+        candidates.append(
+            Candidate(source, normalize_label(label), None, _bytes_opener(upload.data))
+        )
+    if not candidates:
+        raise _no_images("the upload", skipped)
+    return Plan(
+        kind="upload",
+        layout="labels",
+        description="browser upload",
+        candidates=candidates,
+        skipped=skipped,
+    )
+
+
+def _bytes_opener(data: bytes) -> Callable[[], BinaryIO]:
+    return lambda: io.BytesIO(data)
+
+
+def _looks_like_zip(upload: UploadedFile) -> bool:
+    return upload.name.lower().endswith(".zip") or upload.data[:4] == b"PK\x03\x04"
+
+
+def _no_images(display: str, skipped: list[Skipped]) -> IngestError:
+    if not skipped:
+        return IngestError(
+            f"No images found in {display}. Add image files (JPEG, PNG, ...) in class folders."
+        )
+    examples = ", ".join(s.source for s in skipped[:5])
+    return IngestError(
+        f"No images found in {display}: all {len(skipped)} entries were ignored (for example "
+        f"{examples}). Supported images are JPEG, PNG, GIF, BMP, TIFF and WebP, in one "
+        "sub-folder per class."
+    )

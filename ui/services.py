@@ -1,0 +1,137 @@
+"""Server-wide objects and settings for the pages.
+
+The workspace and the job manager live in ``st.cache_resource``: one per server
+process and workspace folder, shared by every browser session, so a job belongs to
+the server and survives refreshes, closed tabs and a second teammate's browser.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from finetune_core.jobs import JobManager
+from finetune_core.postrun import DEFAULT_HOOKS
+from finetune_core.store import Workspace
+
+TRUE = ("1", "true", "yes", "on")
+
+
+def setting(name: str, default: str = "") -> str:
+    """An admin setting: the environment variable ``name``, else ``st.secrets[name]``."""
+    value = os.environ.get(name)
+    if value is not None:
+        return value
+    try:
+        if name in st.secrets:
+            return str(st.secrets[name])
+    except Exception:  # no secrets.toml, or an unreadable one: settings stay at defaults
+        pass
+    return default
+
+
+def flag(name: str) -> bool:
+    return setting(name).strip().lower() in TRUE
+
+
+def allow_server_paths() -> bool:
+    return flag("FINETUNE_ALLOW_SERVER_PATHS")
+
+
+def allow_custom_backbones() -> bool:
+    return flag("FINETUNE_ALLOW_CUSTOM_BACKBONE")
+
+
+def workspace_root() -> Path:
+    return Path(setting("FINETUNE_WORKSPACE", "workspace")).expanduser().resolve()
+
+
+@st.cache_resource(show_spinner=False)
+def _open_workspace(root: str) -> Workspace:
+    return Workspace(root)
+
+
+def _shutdown(manager: JobManager) -> None:
+    manager.shutdown(timeout=30)
+
+
+@st.cache_resource(show_spinner=False, on_release=_shutdown)
+def _start_manager(root: str) -> JobManager:
+    return JobManager(_open_workspace(root), post_run=list(DEFAULT_HOOKS))
+
+
+def get_workspace() -> Workspace:
+    return _open_workspace(str(workspace_root()))
+
+
+def get_job_manager() -> JobManager:
+    return _start_manager(str(workspace_root()))
+
+
+def uploads_dir() -> Path:
+    """Where uploaded weight files are kept (inside the workspace, names chosen by us)."""
+    folder = get_workspace().root / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def current_user() -> str:
+    """Who is using the app: the signed-in user, else the name typed in the sidebar."""
+    try:
+        if st.user.get("is_logged_in"):
+            return str(st.user.get("name") or st.user.get("email") or "")
+    except Exception:  # st.user is unavailable outside a session
+        pass
+    return str(st.session_state.get("user_name", "")).strip()
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def architectures() -> list:
+    """The architecture zoo with cached-weights status ([] while models.py is missing)."""
+    try:
+        from finetune_core.models import list_architectures
+    except ImportError:
+        return []
+    return list_architectures()
+
+
+def imagenet_cached(model: str) -> bool:
+    return any(a.name == model and getattr(a, "cached", False) for a in architectures())
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def _load_model(run_dir: str, mtime: float) -> object:
+    from finetune_core.runs import RunFolder
+
+    return RunFolder(run_dir).load_model("best")
+
+
+def load_model(run_dir: Path) -> object:
+    """The run's best model (cached per checkpoint file; raises RunError)."""
+    from finetune_core.runs import RunError, RunFolder
+
+    checkpoint = RunFolder(run_dir).checkpoint_path("best")
+    try:
+        mtime = checkpoint.stat().st_mtime
+    except OSError as exc:
+        raise RunError("This run has no saved model (it ended before its first epoch).") from exc
+    return _load_model(str(run_dir), mtime)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _predictions(run_dir: str, mtime: float) -> list[dict]:
+    from finetune_core.evaluate import read_predictions
+    from finetune_core.runs import RunFolder
+
+    return read_predictions(RunFolder(run_dir))
+
+
+def predictions(run_dir: Path) -> list[dict]:
+    """predictions.csv of an evaluated run (cached per file version)."""
+    try:
+        mtime = (Path(run_dir) / "predictions.csv").stat().st_mtime
+    except OSError:
+        return []
+    return _predictions(str(run_dir), mtime)
