@@ -77,11 +77,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def _resolve_dataset(workspace, source: str):
     """A workspace dataset by id/name, or a path ingested on the fly."""
-    from finetune_core.data import DatasetNotFound, ingest, load_dataset
+    from finetune_core.data import DatasetNotFound, IngestError, ingest, load_dataset
 
     path = Path(source)
     if path.exists():
-        result = ingest(workspace, path, name=path.stem or "dataset")
+        try:
+            result = ingest(workspace, path, name=path.stem or "dataset")
+        except IngestError as exc:
+            raise SystemExit(f"error: {source} could not be ingested: {exc}") from exc
         if result.health.blocks_training:
             msgs = "; ".join(f.message for f in result.health.errors)
             raise SystemExit(f"error: the dataset at {source} cannot be trained on: {msgs}")
@@ -95,6 +98,7 @@ def _resolve_dataset(workspace, source: str):
 def run_train(args: argparse.Namespace) -> int:
     from finetune_core.callbacks import ConsoleProgress, MetricsLogger
     from finetune_core.jobs import write_run_info
+    from finetune_core.models import WeightsError
     from finetune_core.store import Workspace
     from finetune_core.trainer import Trainer, TrainingError
 
@@ -137,16 +141,9 @@ def run_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    except (TrainingError, ConfigError) as exc:
+    except (TrainingError, ConfigError, WeightsError, RuntimeError) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
-    except Exception as exc:  # a clear one-line reason; the traceback only with -X dev
-        from finetune_core.models import WeightsError
-
-        if isinstance(exc, WeightsError):
-            print(f"\nerror: {exc}", file=sys.stderr)
-            return 1
-        raise
     summary = json.loads((out / "metrics.json").read_text())
     summary["status"] = result.status
     summary["wall_seconds"] = round(time.monotonic() - started, 3)

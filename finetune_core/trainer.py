@@ -591,13 +591,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ epoch end, checkpoints
     def _is_better(self, row: dict[str, Any]) -> bool:
+        """Best = highest validation accuracy, ties broken by lower validation loss."""
         if self.best_epoch is None:
             return True
         va, vl = row.get("val_accuracy"), row.get("val_loss")
         if va is None:
             return row["train_loss"] < (self.best_val_loss or float("inf"))
-        if self.cfg.es_metric == "val_loss":
-            return vl < self.best_val_loss
         best_va = self.best_val_accuracy or 0.0
         return va > best_va or (va == best_va and vl < (self.best_val_loss or float("inf")))
 

@@ -21,7 +21,7 @@ from finetune_core.trainer import Trainer, TrainingDiverged
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Any]:
     ws = Workspace(tmp_path_factory.mktemp("ws"))
-    return ws, create_demo_dataset(ws, per_class=24, size=48)
+    return ws, create_demo_dataset(ws, per_class=40, size=48)
 
 
 def tiny_config(dataset_id: str, **changes: Any) -> RunConfig:
@@ -61,9 +61,9 @@ def train(demo, tmp_path: Path, callbacks=(), resume=False, stop=None, **changes
     ("strategy", "changes"),
     [
         ("probe", {"epochs": 30, "lr": 3e-2, "batch_size": 32}),
-        ("finetune", {"epochs": 4, "freeze_epochs": 1}),
-        ("full", {"epochs": 4}),
-        ("last_n", {"epochs": 4, "last_n_groups": 2}),
+        ("finetune", {"epochs": 6, "freeze_epochs": 1, "lr": 1e-2, "lr_mult": 10}),
+        ("full", {"epochs": 6}),
+        ("last_n", {"epochs": 6, "last_n_groups": 2}),
     ],
 )
 def test_every_strategy_learns_far_above_chance(demo, tmp_path, strategy, changes) -> None:
