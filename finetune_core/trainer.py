@@ -134,6 +134,8 @@ class Trainer:
         devices.set_threads(cfg.num_threads)
         self.device = devices.resolve_device(cfg.device)
         self.amp_dtype = devices.resolve_precision(cfg.mixed_precision, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick kernels
         self.class_names = list(self.dataset.class_names)
         weights = cfg.weights
         if weights.endswith(".pt2"):
