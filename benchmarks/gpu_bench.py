@@ -41,7 +41,7 @@ DEVICE = "cuda"
 
 def sync() -> None:
     if DEVICE == "cuda":
-        sync()
+        torch.cuda.synchronize()
 
 
 class Clock(Callback):

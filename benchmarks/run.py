@@ -148,6 +148,7 @@ def case_probe(ctx: dict[str, Any], size: Size) -> dict[str, Any]:
                 ctx["folder"] / "train", ctx["folder"] / "val", arch="resnet18",
                 state_dict=torch.load(ctx["init"], weights_only=True), epochs=size.probe_epochs,
                 batch_size=size.batch_size, image_size=size.image_size, head_only=True,
+                warmup_batches=0,
             )
             seed_s.add(time.perf_counter() - start)
             seed_acc = seed.val_accuracy
@@ -206,7 +207,7 @@ def case_finetune(ctx: dict[str, Any], size: Size) -> dict[str, Any]:
         res = seed_loop(
             ctx["folder"] / "train", None, arch="resnet18", state_dict=init, epochs=1,
             batch_size=size.batch_size, image_size=size.image_size,
-            max_batches=size.ft_batches + 1,
+            max_batches=size.ft_batches,
         )
         seed_f.add(res.images_per_second)
     seed_med = statistics.median(seed_f.values)

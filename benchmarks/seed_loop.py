@@ -53,8 +53,12 @@ def seed_loop(
     num_workers: int = 0,
     seed: int = 0,
     max_batches: int | None = None,
+    warmup_batches: int = 1,
 ) -> SeedLoopResult:
-    """Train like the article; ``head_only`` freezes everything but the new last layer."""
+    """Train like the article; ``head_only`` freezes everything but the new last layer.
+
+    The first ``warmup_batches`` batches (CUDA/cuDNN start-up, worker start) are not timed.
+    """
     torch.manual_seed(seed)
     transform = T.Compose(
         [
@@ -76,10 +80,11 @@ def seed_loop(
     criterion = nn.CrossEntropyLoss()
     seen = 0
     start = time.perf_counter()
+    step = 0
     for _ in range(epochs):
         model.train()
         for i, (inputs, labels) in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
+            if max_batches is not None and i >= max_batches + warmup_batches:
                 break
             inputs, labels = inputs.to(device), labels.to(device)
             optimizer.zero_grad()
@@ -87,7 +92,11 @@ def seed_loop(
             loss.backward()
             optimizer.step()
             _ = loss.item()  # the article's running_loss += loss.item()
-            seen += len(labels)
+            step += 1
+            if step == warmup_batches:
+                start, seen = time.perf_counter(), 0
+            elif step > warmup_batches:
+                seen += len(labels)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
