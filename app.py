@@ -49,7 +49,9 @@ def job_badge() -> None:
         with st.container(horizontal=True, gap="small"):
             if running or queued:
                 if running:
-                    st.badge(f"{running} running", icon=":material/progress_activity:", color="blue")
+                    st.badge(
+                        f"{running} running", icon=":material/progress_activity:", color="blue"
+                    )
                 if queued:
                     st.badge(f"{queued} queued", icon=":material/schedule:", color="gray")
             else:
@@ -64,16 +66,7 @@ def job_badge() -> None:
         )
 
 
-def keep_form_state(prefixes: tuple[str, ...] = ("cfg_",)) -> None:
-    """Keep the setup form's values while other pages are open (Streamlit drops the state
-    of widgets that are not on the page; re-assigning a key marks it as the app's own)."""
-    for name in list(st.session_state.keys()):
-        if str(name).startswith(prefixes):
-            st.session_state[name] = st.session_state[name]
-
-
 password_gate()
-keep_form_state()
 navigation = st.navigation(PAGES)
 job_badge()
 navigation.run()

@@ -68,9 +68,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     workspace = Workspace(args.workspace)
     path = Path(args.source).expanduser()
     source: object = path
-    if args.images_root or path.suffix.lower() == ".csv":
+    if path.suffix.lower() == ".csv":
         source = CsvSource(path, args.images_root)
-    name = args.name or path.stem or path.name
+    elif args.images_root:
+        print("--images-root only applies to a .csv source.", file=sys.stderr)
+        return EXIT_FAILED
+    resolved = path.resolve()
+    name = args.name or (resolved.stem if resolved.is_file() else resolved.name)
     show_progress = not args.json and sys.stderr.isatty()
 
     def progress(done: int, total: int, message: str) -> None:

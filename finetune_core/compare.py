@@ -17,7 +17,9 @@ def config_diff(configs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]
     for k in keys:
         values = [configs[label].get(k) for label in labels]
         if len({repr(v) for v in values}) > 1:
-            rows.append({"setting": k, **{label: _show(v) for label, v in zip(labels, values)}})
+            rows.append(
+                {"setting": k, **{label: _show(v) for label, v in zip(labels, values, strict=True)}}
+            )
     return rows
 
 

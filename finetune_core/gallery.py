@@ -53,9 +53,12 @@ class FindingFile:
     path: Path | None
     label: str
     reason: str
+    usable: bool = False  # a readable image that training uses
 
 
-def finding_files(dataset: Dataset, finding: Finding, limit: int | None = None) -> list[FindingFile]:
+def finding_files(
+    dataset: Dataset, finding: Finding, limit: int | None = None
+) -> list[FindingFile]:
     """The files behind a finding, matched to their dataset copies by source name."""
     by_source: dict[str, ManifestRow] = {}
     for row in dataset.all_rows():
@@ -72,6 +75,7 @@ def finding_files(dataset: Dataset, finding: Finding, limit: int | None = None) 
                 path=path,
                 label=row.label if row is not None else "",
                 reason=row.reason if row is not None else "",
+                usable=row is not None and row.ok,
             )
         )
     return out

@@ -281,7 +281,9 @@ def build_classifier(
         try:
             net = build_torchvision(arch, size)
         except AssertionError as exc:
-            raise ValueError(f"{arch} needs an image size divisible by its patch size: {exc}") from exc
+            raise ValueError(
+                f"{arch} needs an image size divisible by its patch size: {exc}"
+            ) from exc
     else:
         min_size = max(default_weights(arch).meta.get("min_size", (1, 1)))
         if size < min_size:
@@ -342,16 +344,21 @@ def _build_custom(
 
 
 # ------------------------------------------------------------------ speed estimate
-# Calibration of a training step (forward + backward + SGD step, fp32, batch 16),
-# measured with measure_train_seconds_per_image on the 2-core build machine (CPU)
-# and on one H200 (CUDA, batch 128): seconds per image at 224 px ~=
-# SECONDS_PER_GFLOP * gflops + OVERHEAD_S, both scaled by (image_size / 224) ** 2.
-# The overhead term stands for memory-bound layers (depthwise convs, activations)
-# that FLOPs miss; it is fitted on resnet18 (1.8 GFLOPs) and mobilenet_v3_small (0.06).
+# Calibration of a training step (forward + backward + SGD step, fp32, 224 px), measured
+# with measure_train_seconds_per_image: seconds per image ~= SECONDS_PER_GFLOP * gflops
+# + OVERHEAD_S, both scaled by (image_size / 224) ** 2. The overhead stands for what FLOPs
+# miss (memory-bound depthwise convs and activations, kernel launches). Both constants
+# are fitted through resnet18 (1.814 GFLOPs) and mobilenet_v3_small (0.057 GFLOPs):
+# - cpu: the 2-core build machine, torch 2.14, batch 16: resnet18 93.6 ms/img,
+#   mobilenet_v3_small 12 ms/img (the least contended of several runs; that machine was
+#   shared, so read it as +-2x).
+# - cuda: one H200, torch 2.11, batch 128: resnet18 0.194 ms/img, mobilenet_v3_small
+#   0.138 ms/img. resnet50 measured 0.470 where the fit says 0.27: rough indeed. Real
+#   runs use bf16 and channels_last and are usually faster; input decoding may dominate.
 CALIBRATION: dict[str, tuple[float, float]] = {
     # device type: (SECONDS_PER_GFLOP, OVERHEAD_S)
-    "cpu": (0.0446, 0.0128),
-    "cuda": (0.0, 0.0),
+    "cpu": (0.0464, 0.0094),
+    "cuda": (3.19e-5, 1.36e-4),
 }
 
 

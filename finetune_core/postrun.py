@@ -20,11 +20,8 @@ def evaluation(workspace: Workspace, run_id: str) -> None:
 
 
 def report(workspace: Workspace, run_id: str) -> None:
-    """Write report.html once the report builder is available and the run is evaluated."""
-    try:
-        from finetune_core.report import build_report
-    except ImportError:  # the report module may predate build_report
-        return
+    """Write report.html for a run that was evaluated."""
+    from finetune_core.report import build_report
     from finetune_core.runs import RunFolder
 
     run = RunFolder(workspace.run_dir(run_id))

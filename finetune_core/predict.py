@@ -90,7 +90,7 @@ def predict_files(
             return
         arr = torch.from_numpy(np.stack([a for _, a in batch]))
         probs = model.predict_uint8(arr)
-        for (index, _), p in zip(batch, probs):
+        for (index, _), p in zip(batch, probs, strict=True):
             out[index].probs = p
             out[index].top = top_k(p, model.class_names, k)
         batch.clear()
@@ -114,7 +114,9 @@ def predictions_csv(predictions: Sequence[Prediction], class_names: Sequence[str
     """One row per image: file, predicted class, its probability, every class probability."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["file", "prediction", "probability", "error", *[f"p:{c}" for c in class_names]])
+    writer.writerow(
+        ["file", "prediction", "probability", "error", *[f"p:{c}" for c in class_names]]
+    )
     for p in predictions:
         probs = [f"{v:.6f}" for v in p.probs] if p.probs is not None else [""] * len(class_names)
         confidence = f"{p.confidence:.6f}" if p.confidence is not None else ""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import plotly.graph_objects as go
 from PIL import Image
@@ -24,7 +24,12 @@ from PIL import Image
 from finetune_core import charts
 from finetune_core.fsutil import atomic_write_text
 
+if TYPE_CHECKING:  # rendering stays free of torch; only build_report reads run folders
+    from finetune_core.runs import RunFolder
+    from finetune_core.store import Workspace
+
 GALLERY_LIMIT = 60
+REPORT_NAME = "report.html"
 CONFUSED_PAIRS_SHOWN = 10
 SPLIT_TITLES = {"train": "Training", "val": "Validation", "test": "Test"}
 
@@ -54,6 +59,7 @@ class ReportData:
     # {thumbnail_png: bytes, true, pred, prob_pred, prob_true, split}
     gallery: list[dict] = field(default_factory=list)
     notes: str = ""
+    gallery_note: str = ""  # shown instead of the gallery when it is empty
     export_checks: list[dict] = field(
         default_factory=list
     )  # {format, passed, max_abs_diff, tolerance}
@@ -123,6 +129,156 @@ def make_thumbnail(image: Image.Image, size: int = 96) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=82, optimize=True)
     return buf.getvalue()
+
+
+def build_report(run: RunFolder, workspace: Workspace | str | Path | None = None) -> Path:
+    """Assemble everything known about ``run`` and write ``run.path/report.html`` atomically.
+
+    Works for dashboard runs (the runs table adds name, status, creator, times and
+    notes) and for CLI run folders anywhere (run.json names their workspace). Missing
+    pieces (no evaluation, dataset deleted) leave their sections empty, never fail.
+    """
+    return write_report(collect_report_data(run, workspace), run.path / REPORT_NAME)
+
+
+def collect_report_data(
+    run: RunFolder, workspace: Workspace | str | Path | None = None
+) -> ReportData:
+    """The ReportData of a run folder (see ``build_report``)."""
+    from finetune_core.evaluate import read_predictions
+    from finetune_core.export import read_export_checks, run_record, run_workspace
+
+    ws = run_workspace(run, workspace)
+    record = run_record(run, ws)
+    info, summary = run.info, run.summary()
+    evaluation = run.evaluation() or {}
+    dataset = _dataset_of(run, ws)
+    config = run.config
+    class_names = list(
+        evaluation.get("class_names")
+        or info.get("class_names")
+        or (dataset.class_names if dataset else [])
+    )
+    gallery = misclassified_gallery(run, dataset, class_names)
+    gallery_note = ""
+    if not gallery and any(r["true"] != r["pred"] for r in read_predictions(run)):
+        gallery_note = (
+            "The images of the misclassified predictions cannot be shown: the run's dataset "
+            "is no longer available."
+            if dataset is None
+            else "The images of the misclassified predictions could not be read."
+        )
+    environment = dict(info.get("environment") or {})
+    if info.get("cli"):
+        environment["CLI command"] = info["cli"]
+    return ReportData(
+        run_name=(record.name if record else "") or config.name or run.id,
+        run_id=run.id,
+        created_at=(record.created_at if record else "") or _mtime(run.path / "config.json"),
+        creator=record.creator if record else "",
+        status=(record.status if record else "") or str(summary.get("status") or ""),
+        dataset_name=str(info.get("dataset_name") or (dataset.name if dataset else "")),
+        dataset_fingerprint=str(
+            info.get("dataset_fingerprint") or evaluation.get("dataset_fingerprint") or ""
+        ),
+        health_summary=_health_summary(dataset),
+        model=config.model,
+        strategy=config.strategy,
+        config=config.to_dict(),
+        environment=environment,
+        duration_seconds=_first(
+            record.train_seconds if record else None, summary.get("train_seconds")
+        ),
+        history=run.history(),
+        best_epoch=_first(record.best_epoch if record else None, summary.get("best_epoch")),
+        metrics=dict(evaluation.get("splits") or {}),
+        class_names=class_names,
+        split_counts=dataset.split_counts() if dataset else {},
+        gallery=gallery,
+        gallery_note=gallery_note,
+        notes=(record.notes if record else "") or config.notes,
+        export_checks=read_export_checks(run),
+        finished_at=((record.finished_at or "") if record else "")
+        or _mtime(run.path / "metrics.json"),
+    )
+
+
+def misclassified_gallery(
+    run: RunFolder, dataset: Any, class_names: list[str], per_split: int = GALLERY_LIMIT
+) -> list[dict]:
+    """Thumbnails of the most confident mistakes in predictions.csv, per split.
+
+    Paths are looked up in the dataset's manifest (relative paths only), so a stale or
+    edited predictions.csv can never make the report read files outside the dataset.
+    """
+    from finetune_core.data.images import ImageReadError, open_rgb
+    from finetune_core.evaluate import read_predictions
+
+    if dataset is None:
+        return []
+    wrong = [r for r in read_predictions(run) if r["true"] != r["pred"]]
+    if not wrong:
+        return []
+    manifest = {row.path: row for row in dataset.rows()}
+    index = {name: i for i, name in enumerate(class_names)}
+    by_split: dict[str, list[dict]] = {}
+    for row in wrong:
+        by_split.setdefault(row["split"], []).append(row)
+    items: list[dict] = []
+    for rows in by_split.values():
+        rows.sort(key=lambda r: -r["prob_pred"])
+        for row in rows[:per_split]:
+            entry = manifest.get(row["path"])
+            if entry is None:
+                continue
+            try:
+                image = open_rgb(dataset.image_path(entry), reduce_to=192)
+            except (ImageReadError, OSError):
+                continue
+            t = index.get(row["true"])
+            probs = row["probs"]
+            items.append(
+                {
+                    "thumbnail_png": make_thumbnail(image),
+                    "true": row["true"],
+                    "pred": row["pred"],
+                    "prob_pred": row["prob_pred"],
+                    "prob_true": float(probs[t]) if t is not None and t < len(probs) else None,
+                    "split": row["split"],
+                }
+            )
+    return items
+
+
+def _dataset_of(run: RunFolder, workspace: Workspace | None) -> Any:
+    from finetune_core.runs import RunError
+
+    if workspace is None:
+        return None
+    try:
+        return run.dataset(workspace)
+    except RunError:
+        return None
+
+
+def _health_summary(dataset: Any) -> list[dict]:
+    if dataset is None:
+        return []
+    order = {"error": 0, "warning": 1, "info": 2}
+    findings = sorted(dataset.health.findings, key=lambda f: order.get(f.severity, 3))
+    return [{"severity": f.severity, "message": f.message, "count": f.count} for f in findings]
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def _mtime(path: Path) -> str:
+    try:
+        stamp = path.stat().st_mtime
+    except OSError:
+        return ""
+    return datetime.fromtimestamp(stamp, timezone.utc).isoformat(timespec="seconds")
 
 
 # --------------------------------------------------------------------- escaping
@@ -354,13 +510,14 @@ def _errors(d: ReportData, splits: list[str]) -> str:
                 f"</thead><tbody>{trs}</tbody></table></div>"
             )
     body = f"<div class='two'>{''.join(tables)}</div>" if tables else ""
-    return _section("errors", "Errors", body + _gallery(d.gallery))
+    return _section("errors", "Errors", body + _gallery(d.gallery, d.gallery_note))
 
 
-def _gallery(items: list[dict]) -> str:
+def _gallery(items: list[dict], note: str = "") -> str:
     """Misclassified thumbnails per split, most confident first, GALLERY_LIMIT in all."""
     if not items:
-        return "<h3>Misclassified images</h3><p class='muted'>No misclassified images.</p>"
+        text = _e(_scrub(note)) if note else "No misclassified images."
+        return f"<h3>Misclassified images</h3><p class='muted'>{text}</p>"
     by_split: dict[str, list[dict]] = {}
     for g in items:
         by_split.setdefault(str(g.get("split") or ""), []).append(g)

@@ -49,7 +49,9 @@ def stage_csv_upload(
     """
     limits = limits or IngestLimits()
     if not csv_data.strip():
-        raise IngestError(f"{csv_name} is empty. It needs a header row with path and label columns.")
+        raise IngestError(
+            f"{csv_name} is empty. It needs a header row with path and label columns."
+        )
     if not files:
         raise IngestError("Add the images the CSV refers to (a zip, a folder or the files).")
     folder = Path(tmp_dir) / f"csv-upload-{secrets.token_hex(6)}"
@@ -82,9 +84,7 @@ def _write(root: Path, parts: tuple[str, ...], data: bytes) -> None:
     target.write_bytes(data)
 
 
-def _extract_zip(
-    name: str, data: bytes, root: Path, limits: IngestLimits
-) -> list[tuple[str, ...]]:
+def _extract_zip(name: str, data: bytes, root: Path, limits: IngestLimits) -> list[tuple[str, ...]]:
     out = []
     with open_zip(io.BytesIO(data), name) as zf:
         for parts, info in check_zip(zf, limits):

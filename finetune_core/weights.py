@@ -53,7 +53,7 @@ class UnknownArchitectureError(WeightsError, ValueError):
 class LoadReport:
     """What happened when weights were loaded into a model."""
 
-    source: str  # "imagenet", "none", "custom" or the file path
+    source: str  # "imagenet", "none" or the weights file path (.pt/.pth/.pt2)
     missing_keys: list[str] = field(default_factory=list)
     unexpected_keys: list[str] = field(default_factory=list)
     replaced_head: bool = False  # the head is newly initialised (the file had none that fits)
@@ -251,8 +251,8 @@ def apply_state_dict(
     A head of another size is left newly initialised (``replaced_head``); a file whose
     backbone tensors mostly do not fit raises WeightsError.
     """
-    state = to_classifier_keys(state, arch)
     target = model.state_dict()
+    state = _best_key_layout(state, arch, target)
     if family_of(arch).fixed_size:
         state = _resize_vit_positions(state, target, model)
     usable: dict[str, torch.Tensor] = {}
@@ -311,6 +311,26 @@ def apply_state_dict(
         mismatched_keys=mismatched_body,
         loaded_tensors=len(usable),
     )
+
+
+def _best_key_layout(
+    state: dict[str, torch.Tensor], arch: str, target: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Classifier keys for ``state``; also tries without a wrapper's common first name.
+
+    Lightning and similar wrappers save "model.layer1..." where torchvision has "layer1...".
+    """
+    mapped = to_classifier_keys(state, arch)
+    first = {k.split(".", 1)[0] for k in state}
+    if len(first) != 1 or not all("." in k for k in state):
+        return mapped
+    prefix = next(iter(first)) + "."
+    unwrapped = to_classifier_keys({k[len(prefix) :]: v for k, v in state.items()}, arch)
+
+    def hits(candidate: dict[str, torch.Tensor]) -> int:
+        return sum(1 for k, v in candidate.items() if k in target and target[k].shape == v.shape)
+
+    return unwrapped if hits(unwrapped) > hits(mapped) else mapped
 
 
 def _short(keys: list[str], n: int = 5) -> str:

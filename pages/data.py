@@ -59,7 +59,9 @@ def run_ingest(source: object, name: str, split: SplitSpec) -> None:
             bar.progress(min(1.0, fraction), text=f"{done:,} / {total:,} files · {esc(message)}")
 
         try:
-            result = ingest(ws, source, name=name, creator=current_user(), split=split, progress=progress)
+            result = ingest(
+                ws, source, name=name, creator=current_user(), split=split, progress=progress
+            )
         except IngestError as exc:
             status.update(label="Import failed", state="error")
             st.error(str(exc), icon=":material/error:")
@@ -123,9 +125,7 @@ def import_section() -> None:
             "Folders named `train`, `val` (or `valid`) and `test` keep your own split. Stray "
             "`__MACOSX`, `.ipynb_checkpoints` and hidden files are ignored, never classes."
         )
-        tabs = st.tabs(
-            ["Zip archive", "Folder", "Class by class", "CSV + images", "Server path"]
-        )
+        tabs = st.tabs(["Zip archive", "Folder", "Class by class", "CSV + images", "Server path"])
         with tabs[0]:
             zip_tab(name, split)
         with tabs[1]:
@@ -139,7 +139,9 @@ def import_section() -> None:
 
 
 def zip_tab(name: str, split: SplitSpec) -> None:
-    st.markdown("A `.zip` with one folder per class, or `train/`, `val/`, `test/` folders of classes.")
+    st.markdown(
+        "A `.zip` with one folder per class, or `train/`, `val/`, `test/` folders of classes."
+    )
     upload = st.file_uploader("Zip archive", type=["zip"], key="import_zip")
     if st.button("Import zip", key="import_zip_go", type="primary", disabled=upload is None):
         data = UploadedFile(upload.name, upload.getvalue())
@@ -242,7 +244,9 @@ def server_tab(name: str, split: SplitSpec) -> None:
             icon=":material/lock:",
         )
         return
-    st.markdown("A folder, `.zip` or `.csv` on this server (read in place, copied into the workspace).")
+    st.markdown(
+        "A folder, `.zip` or `.csv` on this server (read in place, copied into the workspace)."
+    )
     path = st.text_input("Server path", key="import_server_path", placeholder="/data/images")
     if st.button("Import from server", key="import_server_go", type="primary", disabled=not path):
         run_ingest(ServerPath(path.strip()), name.strip() or default_name(path.rstrip("/")), split)
@@ -268,33 +272,39 @@ def datasets_table() -> None:
 
 
 def finding_block(dataset: Dataset, finding: Finding, index: int) -> None:
-    show = {"error": st.error, "warning": st.warning, "info": st.info}.get(finding.severity, st.info)
+    """The finding's message; for findings about files, the files (thumbnails when the
+    images are usable, e.g. duplicates; a table with the reason otherwise)."""
+    show = {"error": st.error, "warning": st.warning, "info": st.info}.get(
+        finding.severity, st.info
+    )
     icon = {"error": ":material/block:", "warning": ":material/warning:"}.get(
         finding.severity, ":material/info:"
     )
-    show(finding.message, icon=icon)
-    if not finding.files and not finding.classes:
-        return
-    label = f"{finding.count} file(s)" if finding.files else f"{len(finding.classes)} class(es)"
-    with st.expander(f"Show the {label}"):
-        if finding.classes and not finding.files:
-            st.dataframe(pd.DataFrame({"Class": finding.classes}), hide_index=True)
-            return
+    with st.container(gap="xxsmall"):
+        show(finding.message, icon=icon)
+        if not finding.files:
+            return  # class findings name their classes in the message
         files = finding_files(dataset, finding)
-        viewable = [f for f in files if f.path is not None]
-        if viewable:
-            thumbnail_grid(
-                [Thumb(f.path, f"{f.label}: {Path(f.source).name}") for f in viewable[:FINDING_THUMBS]],
-                columns=6,
+        with st.expander(f"Show the {finding.count} file(s)"):
+            viewable = [f for f in files if f.path is not None and f.usable]
+            if viewable:
+                shown = viewable[:FINDING_THUMBS]
+                thumbnail_grid(
+                    [Thumb(f.path, f"{f.label}: {Path(f.source).name}") for f in shown], columns=6
+                )
+                if len(viewable) > len(shown):
+                    st.caption(
+                        f"First {len(shown)} of {len(viewable)} images; all are listed below."
+                    )
+            table = pd.DataFrame(
+                [
+                    {"File": f.source, "Class": f.label or "–", "Reason": f.reason or "–"}
+                    for f in files
+                ]  # fmt: skip
             )
-            if len(viewable) > FINDING_THUMBS:
-                st.caption(f"First {FINDING_THUMBS} of {len(viewable)} images shown; all are listed below.")
-        table = pd.DataFrame(
-            [{"File": f.source, "Class": f.label or "–", "Reason": f.reason or "–"} for f in files]
-        )
-        st.dataframe(table, hide_index=True, width="stretch", key=f"finding_table_{index}")
-        if finding.count > len(files):
-            st.caption(f"{len(files)} of {finding.count} files listed.")
+            st.dataframe(table, hide_index=True, width="stretch", key=f"finding_table_{index}")
+            if finding.count > len(files):
+                st.caption(f"{len(files)} of {finding.count} files listed.")
 
 
 def health_section(dataset: Dataset) -> None:
@@ -365,12 +375,14 @@ def manage_section(dataset: Dataset) -> None:
         st.markdown("**Delete this dataset**")
         st.caption(
             "Removes its images from the workspace. "
-            + (f"{len(used)} run(s) trained on it keep their models and reports, but cannot be "
-               "re-evaluated." if used else "No runs use it.")  # fmt: skip
+            + (
+                f"{len(used)} run(s) trained on it keep their models and reports, but cannot be "
+                "re-evaluated."
+                if used
+                else "No runs use it."
+            )  # fmt: skip
         )
-        confirm = st.checkbox(
-            "Yes, delete it and its images", key=f"delete_confirm_{dataset.id}"
-        )
+        confirm = st.checkbox("Yes, delete it and its images", key=f"delete_confirm_{dataset.id}")
         if st.button(
             "Delete dataset",
             key=f"delete_go_{dataset.id}",

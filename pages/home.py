@@ -121,4 +121,6 @@ for run in recent:
             if run.status in RunStatus.ACTIVE or run.status == RunStatus.FAILED
             else "pages/evaluation.py"
         )
-        st.page_link(target, label="Open", icon=":material/open_in_new:", query_params={"run": run.id})
+        st.page_link(
+            target, label="Open", icon=":material/open_in_new:", query_params={"run": run.id}
+        )

@@ -1,4 +1,211 @@
+"""Runs: every run in the workspace; filter, sort, open, re-run, resume, rename, delete."""
+
+from __future__ import annotations
+
+import pandas as pd
 import streamlit as st
 
+from finetune_core.jobs import JobError
+from finetune_core.store import RunRecord, RunStatus, StoreError
+from ui.components import (
+    STATUS_STYLE,
+    esc,
+    fmt_when,
+    pick_run,
+    run_duration,
+    status_badge,
+    status_label,
+)
+from ui.services import current_user, get_job_manager, get_workspace
+
+ws = get_workspace()
+manager = get_job_manager()
+SORTS = {  # label -> (key, descending)
+    "Newest first": (lambda r: (r.created_at, r.id), True),
+    "Best validation accuracy": (lambda r: r.best_val_accuracy or -1.0, True),
+    "Longest training": (lambda r: run_duration(r) or 0.0, True),
+    "Name": (lambda r: (r.name or r.id).lower(), False),
+}
+
 st.title("Runs")
-st.info("This page is being built.")
+runs = ws.list_runs()
+if not runs:
+    st.info("No runs yet. Configure one on the Setup page.", icon=":material/info:")
+    st.page_link("pages/setup.py", label="Set up a run", icon=":material/tune:")
+    st.stop()
+
+datasets = {d.id: d.name for d in ws.list_datasets()}
+
+
+def dataset_name(record: RunRecord) -> str:
+    return datasets.get(record.dataset_id, "(deleted)")
+
+
+f1, f2, f3, f4 = st.columns(4)
+statuses = f1.multiselect(
+    "Status", list(STATUS_STYLE), format_func=lambda s: STATUS_STYLE[s][0], key="runs_status"
+)
+chosen_datasets = f2.multiselect("Dataset", sorted({dataset_name(r) for r in runs}), key="runs_ds")
+models = f3.multiselect("Model", sorted({r.model for r in runs}), key="runs_model")
+sort = f4.selectbox("Sort by", list(SORTS), key="runs_sort")
+
+shown = [
+    r
+    for r in runs
+    if (not statuses or r.status in statuses)
+    and (not chosen_datasets or dataset_name(r) in chosen_datasets)
+    and (not models or r.model in models)
+]
+sort_key, descending = SORTS[sort]
+shown.sort(key=sort_key, reverse=descending)
+
+
+def open_link(record: RunRecord) -> str:
+    has_model = (ws.run_dir(record.id) / "checkpoints" / "best.pt").exists()
+    page = "evaluation" if has_model and record.status not in RunStatus.ACTIVE else "training"
+    return f"{page}?run={record.id}"
+
+
+table = pd.DataFrame(
+    [
+        {
+            "Status": status_label(r.status),
+            "Name": r.name or "–",
+            "Open": open_link(r),
+            "Dataset": dataset_name(r),
+            "Model": r.model,
+            "Strategy": r.strategy,
+            "Best val. acc.": r.best_val_accuracy,
+            "Epochs": r.epochs_run,
+            "Minutes": (run_duration(r) or 0) / 60 if run_duration(r) else None,
+            "Creator": r.creator or "–",
+            "Created": fmt_when(r.created_at),
+        }
+        for r in shown
+    ],
+    columns=[
+        "Status",
+        "Name",
+        "Open",
+        "Dataset",
+        "Model",
+        "Strategy",
+        "Best val. acc.",
+        "Epochs",
+        "Minutes",
+        "Creator",
+        "Created",
+    ],  # fmt: skip
+)
+
+
+def on_row_select() -> None:
+    rows = (st.session_state.get("runs_table") or {}).get("selection", {}).get("rows", [])
+    if rows and rows[0] < len(shown):
+        st.session_state["runs_run"] = shown[rows[0]].id
+        st.query_params["run"] = shown[rows[0]].id
+
+
+st.caption(f"{len(shown)} of {len(runs)} run(s). Select a row to act on it.")
+st.dataframe(
+    table,
+    hide_index=True,
+    width="stretch",
+    key="runs_table",
+    on_select=on_row_select,
+    selection_mode="single-row",
+    column_config={
+        "Status": st.column_config.TextColumn(width="small"),
+        "Best val. acc.": st.column_config.ProgressColumn(
+            min_value=0.0,
+            max_value=1.0,
+            format="percent",
+            width="small",
+            help="Validation accuracy of the best epoch.",
+        ),
+        "Epochs": st.column_config.NumberColumn(width="small"),
+        "Minutes": st.column_config.NumberColumn(
+            format="%.1f", width="small", help="Training time."
+        ),
+        "Open": st.column_config.LinkColumn(
+            display_text="Open",
+            width="small",
+            help="Open the run (evaluation or live view) in a new tab",
+        ),
+    },
+)
+if not shown:
+    st.info("No run matches the filters.")
+    st.stop()
+
+st.subheader("Selected run")
+run = pick_run(shown, key="runs_run")
+assert run is not None
+with st.container(border=True):
+    with st.container(horizontal=True, vertical_alignment="center"):
+        st.markdown(f"**{esc(run.name or run.id)}**")
+        status_badge(run.status)
+    if run.error:
+        st.caption(esc(run.error))
+    with st.container(horizontal=True):
+        has_model = (ws.run_dir(run.id) / "checkpoints" / "best.pt").exists()
+        if has_model and run.status not in RunStatus.ACTIVE:
+            st.page_link("pages/evaluation.py", label="Evaluation", icon=":material/analytics:",
+                         query_params={"run": run.id})  # fmt: skip
+            st.page_link("pages/predict.py", label="Predict", icon=":material/image_search:",
+                         query_params={"run": run.id})  # fmt: skip
+        st.page_link("pages/training.py", label="Training view", icon=":material/monitoring:",
+                     query_params={"run": run.id})  # fmt: skip
+        if st.button("Re-run", icon=":material/replay:", key="runs_rerun",
+                     help="Queue a new run with the same settings."):  # fmt: skip
+            try:
+                new_id = manager.rerun(run.id, creator=current_user())
+            except JobError as exc:
+                st.error(str(exc))
+            else:
+                st.switch_page("pages/training.py", query_params={"run": new_id})
+        if run.status in RunStatus.RESUMABLE and st.button(
+            "Resume", icon=":material/play_arrow:", key="runs_resume",
+            help="Continue from the last checkpoint.",
+        ):  # fmt: skip
+            try:
+                manager.resume(run.id)
+            except JobError as exc:
+                st.error(str(exc))
+            else:
+                st.switch_page("pages/training.py", query_params={"run": run.id})
+        if run.status == RunStatus.QUEUED and st.button(
+            "Cancel", icon=":material/cancel:", key="runs_cancel"
+        ):
+            manager.stop(run.id)
+            st.rerun()
+
+    left, right = st.columns(2, gap="medium")
+    with left:
+        new_name = st.text_input("Name", value=run.name, key=f"runs_name_{run.id}")
+        if st.button("Rename", icon=":material/edit:", key="runs_rename"):
+            if not new_name.strip():
+                st.error("A run name cannot be empty.")
+            else:
+                ws.rename_run(run.id, new_name)
+                st.rerun()
+    with right:
+        running = run.status == RunStatus.RUNNING or manager.running() == run.id
+        confirm = st.checkbox(
+            "Yes, delete this run, its model and its report",
+            key=f"runs_delete_confirm_{run.id}",
+            disabled=running,
+            help="Stop the run first." if running else None,
+        )
+        if st.button("Delete run", icon=":material/delete:", key="runs_delete",
+                     disabled=not confirm or running):  # fmt: skip
+            try:
+                if run.status == RunStatus.QUEUED:
+                    manager.stop(run.id)
+                ws.delete_run(run.id)
+            except StoreError as exc:
+                st.error(str(exc))
+            else:
+                st.session_state.pop("runs_run", None)
+                st.query_params.pop("run", None)
+                st.rerun()

@@ -58,56 +58,86 @@ st.title("Setup")
 
 
 # ----------------------------------------------------------------------- state
+# The form's values live in one plain dict in the session ("setup_values"): Streamlit
+# forgets the state of widgets that are not drawn (a strategy's own fields, or the whole
+# form while another page is open), so each widget is seeded from the dict and writes back.
+EXTRA = {"batch_auto": False, "weights_source": "imagenet"}
+
+
 def key(name: str) -> str:
     return f"cfg_{name}"
 
 
-def init_state() -> None:
-    """Widget values start at the defaults, once per session."""
-    if st.session_state.get("cfg_initialised"):
-        return
-    for name in FIELDS:
-        st.session_state.setdefault(key(name), getattr(DEFAULTS, name))
-    st.session_state.setdefault(key("batch_auto"), False)
-    st.session_state.setdefault(key("weights_source"), "imagenet")
-    st.session_state["cfg_initialised"] = True
-    apply_preset_values("recommended")
+def store() -> dict[str, Any]:
+    if "setup_values" not in st.session_state:
+        values = {**DEFAULTS.to_dict(), **EXTRA}
+        values.update(PRESETS_BY_KEY["recommended"].changes)
+        st.session_state["setup_values"] = values
+        st.session_state["setup_preset_value"] = "recommended"
+    return st.session_state["setup_values"]
+
+
+def val(name: str) -> Any:
+    return store()[name]
+
+
+def put(name: str, value: Any) -> None:
+    """Change a value (only from callbacks, or before its widget is drawn)."""
+    store()[name] = value
+    st.session_state[key(name)] = value
+
+
+def _sync(name: str) -> None:
+    store()[name] = st.session_state[key(name)]
+
+
+def bind(name: str) -> dict[str, Any]:
+    """Widget arguments that tie the widget to ``store()[name]``."""
+    if key(name) not in st.session_state:
+        st.session_state[key(name)] = store()[name]
+    return {"key": key(name), "on_change": _sync, "args": (name,)}
 
 
 def apply_preset_values(preset_key: str) -> None:
     for name, value in PRESETS_BY_KEY[preset_key].changes.items():
-        st.session_state[key(name)] = value
+        put(name, value)
+    st.session_state["setup_preset_value"] = preset_key
     st.session_state["setup_preset"] = preset_key
 
 
 def on_preset_change() -> None:
     chosen = st.session_state.get("setup_preset")
+    st.session_state["setup_preset_value"] = chosen
     if chosen in PRESETS_BY_KEY:
         apply_preset_values(chosen)
 
 
-def load_config_values(config: RunConfig) -> None:
+def apply_config(config: RunConfig) -> None:
+    """Load every field from a config (runs before any widget is drawn)."""
     for name in FIELDS:
-        st.session_state[key(name)] = getattr(config, name)
-    if isinstance(config.batch_size, str):
-        st.session_state[key("batch_auto")] = True
-        st.session_state[key("batch_size")] = DEFAULTS.batch_size
-    else:
-        st.session_state[key("batch_auto")] = False
+        put(name, getattr(config, name))
+    auto = isinstance(config.batch_size, str)
+    put("batch_auto", auto)
+    put("batch_size", DEFAULTS.batch_size if auto else config.batch_size)
     if config.weights in ("imagenet", "none"):
-        st.session_state[key("weights_source")] = config.weights
+        put("weights_source", config.weights)
+    st.session_state["setup_preset_value"] = preset_of(config)
     st.session_state["setup_preset"] = preset_of(config)
 
 
 def set_lr(value: float) -> None:
-    st.session_state[key("lr")] = float(value)
+    put("lr", float(value))
 
 
-init_state()
+store()
+if pending := st.session_state.pop("setup_pending_config", None):
+    apply_config(RunConfig.from_dict(pending))
 wanted_preset = st.query_params.get("preset")
 if wanted_preset in PRESETS_BY_KEY and st.session_state.get("preset_from_url") != wanted_preset:
     apply_preset_values(wanted_preset)
     st.session_state["preset_from_url"] = wanted_preset
+if "setup_preset" not in st.session_state:
+    st.session_state["setup_preset"] = st.session_state.get("setup_preset_value")
 
 
 # ----------------------------------------------------------------------- dataset
@@ -163,7 +193,7 @@ if not archs:
     not_available("The model zoo")
     st.stop()
 arch_names = [a.name for a in archs]
-image_size_now = int(st.session_state[key("image_size")])
+image_size_now = int(val("image_size"))
 
 
 def epoch_seconds(arch: str) -> float | None:
@@ -205,15 +235,15 @@ st.dataframe(
 )
 
 weight_options = ["imagenet", "none", "upload"] + (["custom"] if allow_custom_backbones() else [])
-if st.session_state.get(key("weights_source")) not in weight_options:
-    st.session_state[key("weights_source")] = "imagenet"
+if val("weights_source") not in weight_options:
+    put("weights_source", "imagenet")
 model_col, weights_col = st.columns(2, gap="medium")
 with weights_col:
     source = st.radio(
         "Weights",
         weight_options,
         format_func=WEIGHT_SOURCES.get,
-        key=key("weights_source"),
+        **bind("weights_source"),
         help="Pretrained ImageNet weights make small datasets work. 'None' trains from "
         "scratch. A state_dict continues from your own checkpoint of the same architecture.",
     )
@@ -224,19 +254,19 @@ with weights_col:
         )
 with model_col:
     if source == "custom":
-        st.session_state[key("model")] = "custom"
+        put("model", "custom")
         st.selectbox("Architecture", ["custom"], disabled=True, key="cfg_model_custom")
     else:
-        if st.session_state[key("model")] not in arch_names:
-            st.session_state[key("model")] = DEFAULTS.model
+        if val("model") not in arch_names:
+            put("model", DEFAULTS.model)
         st.selectbox(
             "Architecture",
             arch_names,
-            key=key("model"),
+            **bind("model"),
             help="Bigger models are more accurate on ImageNet and slower; resnet18, "
             "mobilenet_v3 and efficientnet_b0 suit CPUs.",
         )
-model_name = st.session_state[key("model")]
+model_name = val("model")
 weights_value: str | None = source if source in ("imagenet", "none") else None
 
 
@@ -301,25 +331,25 @@ with weights_col:
 st.subheader("Training")
 c1, c2, c3, c4 = st.columns(4)
 c1.number_input(
-    "Epochs", 1, 1000, key=key("epochs"),
+    "Epochs", 1, 1000, **bind("epochs"),
     help="Passes over the training images. Early stopping may end the run sooner.",
 )  # fmt: skip
 c2.number_input(
-    "Image size (px)", 16, 1024, step=16, key=key("image_size"),
+    "Image size (px)", 16, 1024, step=16, **bind("image_size"),
     help="Images are resized and centre-cropped to this square. 224 matches ImageNet; smaller "
     "is much faster on a CPU.",
 )  # fmt: skip
 with c3:
     st.number_input(
-        "Batch size", 1, 4096, key=key("batch_size"), disabled=st.session_state[key("batch_auto")],
+        "Batch size", 1, 4096, **bind("batch_size"), disabled=val("batch_auto"),
         help="Images per step. Larger is faster on a GPU until memory runs out.",
     )  # fmt: skip
     st.checkbox(
-        "Largest that fits (auto)", key=key("batch_auto"),
+        "Largest that fits (auto)", **bind("batch_auto"),
         help="Probe the device memory and pick the largest batch that fits.",
     )  # fmt: skip
 c4.number_input(
-    "Learning rate", 1e-7, 5.0, step=1e-4, format="%.2e", key=key("lr"),
+    "Learning rate", 1e-7, 5.0, step=1e-4, format="%.2e", **bind("lr"),
     help="The peak learning rate. The LR finder below suggests one for your data.",
 )  # fmt: skip
 
@@ -327,109 +357,112 @@ with st.expander("Advanced settings", icon=":material/settings:"):
     a1, a2, a3 = st.columns(3)
     with a1:
         st.selectbox(
-            "Strategy", STRATEGIES, format_func=STRATEGY_NAMES.get, key=key("strategy"),
+            "Strategy", STRATEGIES, format_func=STRATEGY_NAMES.get, **bind("strategy"),
             help="Which layers train. Presets set this for you.",
         )  # fmt: skip
-        strategy = st.session_state[key("strategy")]
+        strategy = val("strategy")
         if strategy == "finetune":
             st.number_input(
-                "Frozen epochs", 0, 1000, key=key("freeze_epochs"),
+                "Frozen epochs", 0, 1000, **bind("freeze_epochs"),
                 help="Epochs that train only the new head before the backbone unfreezes.",
             )  # fmt: skip
         if strategy == "last_n":
             st.number_input(
-                "Layer groups to train", 1, 20, key=key("last_n_groups"),
+                "Layer groups to train", 1, 20, **bind("last_n_groups"),
                 help="Counted from the output; the head is one group.",
             )  # fmt: skip
         if strategy == "probe":
             st.number_input(
-                "Augmented views per image", 1, 32, key=key("probe_views"),
+                "Augmented views per image", 1, 32, **bind("probe_views"),
                 help="A probe caches features once; more views add augmented copies to "
                 "the cache (slower start, sometimes better accuracy).",
             )  # fmt: skip
         st.number_input(
-            "Discriminative LR factor", 1.0, 1e6, key=key("lr_mult"),
+            "Discriminative LR factor", 1.0, 1e6, **bind("lr_mult"),
             help="The first layer group trains at learning rate / this factor, the head at "
             "the full rate (fine-tune and last-N).",
         )  # fmt: skip
         st.selectbox(
-            "Augmentation", AUGMENTATIONS, key=key("augmentation"),
+            "Augmentation", AUGMENTATIONS, **bind("augmentation"),
             help="Random crops, flips, rotations and colour changes on the training images; "
             "see the preview below.",
         )  # fmt: skip
         st.number_input(
-            "Dropout before the head", 0.0, 0.95, step=0.05, key=key("dropout"),
+            "Dropout before the head", 0.0, 0.95, step=0.05, **bind("dropout"),
             help="Regularises the new classification layer.",
         )  # fmt: skip
     with a2:
-        st.selectbox("Optimizer", OPTIMIZERS, key=key("optimizer"),
+        st.selectbox("Optimizer", OPTIMIZERS, **bind("optimizer"),
                      help="AdamW is robust; SGD with momentum can generalise better.")  # fmt: skip
-        if st.session_state[key("optimizer")] == "sgd":
-            st.number_input("Momentum", 0.0, 0.999, step=0.01, key=key("momentum"))
+        if val("optimizer") == "sgd":
+            st.number_input("Momentum", 0.0, 0.999, step=0.01, **bind("momentum"))
         st.number_input(
-            "Weight decay", 0.0, 1.0, step=0.005, format="%.4f", key=key("weight_decay"),
+            "Weight decay", 0.0, 1.0, step=0.005, format="%.4f", **bind("weight_decay"),
             help="L2-style regularisation on the weights.",
         )  # fmt: skip
         st.selectbox(
-            "Schedule", SCHEDULES, key=key("schedule"),
+            "Schedule", SCHEDULES, **bind("schedule"),
             help="One-cycle warms up then anneals (fastai's default); cosine anneals from the "
             "start; constant keeps the rate.",
         )  # fmt: skip
         st.number_input(
-            "Warm-up share", 0.0, 0.95, step=0.05, key=key("warmup_pct"),
+            "Warm-up share", 0.0, 0.95, step=0.05, **bind("warmup_pct"),
             help="Fraction of steps spent warming up (one-cycle).",
         )  # fmt: skip
         st.number_input(
-            "Label smoothing", 0.0, 0.95, step=0.05, key=key("label_smoothing"),
+            "Label smoothing", 0.0, 0.95, step=0.05, **bind("label_smoothing"),
             help="Softens the targets; helps with noisy labels.",
         )  # fmt: skip
         st.selectbox(
-            "Class balance", CLASS_BALANCE, key=key("class_balance"),
+            "Class balance", CLASS_BALANCE, **bind("class_balance"),
             help="For imbalanced classes: weight the loss by class frequency, or sample "
             "classes equally.",
         )  # fmt: skip
         st.number_input(
-            "Gradient clipping (0 = off)", 0.0, 1000.0, step=0.5, key=key("grad_clip"),
+            "Gradient clipping (0 = off)", 0.0, 1000.0, step=0.5, **bind("grad_clip"),
             help="Caps the gradient norm; guards against loss spikes.",
         )  # fmt: skip
     with a3:
-        st.checkbox("Early stopping", key=key("early_stopping"),
+        st.checkbox("Early stopping", **bind("early_stopping"),
                     help="Stop when the validation metric stops improving; the best epoch's "
                     "model is kept either way.")  # fmt: skip
-        if st.session_state[key("early_stopping")]:
-            st.selectbox("Watch", ES_METRICS, key=key("es_metric"))
-            st.number_input("Patience (epochs)", 1, 1000, key=key("es_patience"))
+        if val("early_stopping"):
+            st.selectbox("Watch", ES_METRICS, **bind("es_metric"))
+            st.number_input("Patience (epochs)", 1, 1000, **bind("es_patience"))
             st.number_input("Minimum improvement", 0.0, 10.0, step=0.001, format="%.4f",
-                            key=key("es_min_delta"))  # fmt: skip
+                            **bind("es_min_delta"))  # fmt: skip
         st.selectbox(
-            "Mixed precision", PRECISIONS, key=key("mixed_precision"),
+            "Mixed precision", PRECISIONS, **bind("mixed_precision"),
             help="auto: bf16/fp16 where the device runs it fast and accurately; off: fp32.",
         )  # fmt: skip
-        st.checkbox("Channels-last memory format", key=key("channels_last"),
+        st.checkbox("Channels-last memory format", **bind("channels_last"),
                     help="Faster convolutions on most GPUs and recent CPUs.")  # fmt: skip
-        st.text_input("Device", key=key("device"),
+        st.text_input("Device", **bind("device"),
                       help="auto, cpu, cuda, cuda:N or mps.")  # fmt: skip
-        st.number_input("CPU threads (0 = all)", 0, 1024, key=key("num_threads"))
-        st.number_input("Seed", 0, 2**31 - 1, key=key("seed"),
+        st.number_input("CPU threads (0 = all)", 0, 1024, **bind("num_threads"))
+        st.number_input("Seed", 0, 2**31 - 1, **bind("seed"),
                         help="Same seed, data and settings: the same run.")  # fmt: skip
     n1, n2 = st.columns([1, 2])
-    n1.text_input("Run name", key=key("name"), placeholder=f"{model_name} {strategy}")
-    n2.text_input("Notes", key=key("notes"), placeholder="what you are trying")
-    loaded = st.file_uploader("Load settings from a config JSON", type=["json"], key="config_upload")
+    n1.text_input("Run name", **bind("name"), placeholder=f"{model_name} {strategy}")
+    n2.text_input("Notes", **bind("notes"), placeholder="what you are trying")
+    loaded = st.file_uploader(
+        "Load settings from a config JSON", type=["json"], key="config_upload"
+    )
     if loaded is not None and st.session_state.get("config_loaded") != loaded.file_id:
         try:
-            load_config_values(RunConfig.from_json(loaded.getvalue().decode("utf-8", "replace")))
+            uploaded = RunConfig.from_json(loaded.getvalue().decode("utf-8", "replace"))
         except ConfigError as exc:
             st.error(str(exc))
         else:
             st.session_state["config_loaded"] = loaded.file_id
+            st.session_state["setup_pending_config"] = uploaded.to_dict()
             st.rerun()
 
 
 # ----------------------------------------------------------------------- config
 def build_config() -> RunConfig:
-    values: dict[str, Any] = {name: st.session_state[key(name)] for name in FIELDS}
-    values["batch_size"] = "auto" if st.session_state[key("batch_auto")] else int(values["batch_size"])
+    values: dict[str, Any] = {name: val(name) for name in FIELDS}
+    values["batch_size"] = "auto" if val("batch_auto") else int(values["batch_size"])
     for name in ("epochs", "image_size", "freeze_epochs", "last_n_groups", "probe_views",
                  "es_patience", "seed", "num_threads"):  # fmt: skip
         values[name] = int(values[name])
@@ -444,7 +477,9 @@ config = build_config()
 problems = config.problems()
 if weights_value is None:
     problems = [
-        "Upload the weights file first." if source == "upload" else "Upload the .pt2 backbone first."
+        "Upload the weights file first."
+        if source == "upload"
+        else "Upload the .pt2 backbone first."
     ] + [p for p in problems if "custom model needs" not in p]
 
 
@@ -474,13 +509,14 @@ def cached_preview(dataset_id: str, preset: str, size: int, seed: int) -> list[l
 
 
 seed = st.session_state.setdefault("preview_seed", 0)
-preview_size = min(config.image_size, 256)
+preview_size = min(config.image_size, 160)
 grid = cached_preview(dataset.id, config.augmentation, preview_size, seed)
 if grid:
-    for images in grid:
-        cols = st.columns(len(images))
-        for i, (col, data) in enumerate(zip(cols, images)):
-            col.image(data, caption="original" if i == 0 else f"view {i}", width="stretch")
+    with st.container(horizontal=True, gap="medium"):
+        for images in grid:
+            with st.container(border=True, horizontal=True, gap="xsmall", width="content"):
+                for i, data in enumerate(images):
+                    st.image(data, caption="original" if i == 0 else f"view {i}", width=96)
     if st.button("Show other random versions", icon=":material/shuffle:", key="preview_shuffle"):
         st.session_state["preview_seed"] = seed + 1
         st.rerun()
@@ -522,7 +558,9 @@ if found:
     result = found["result"]
     if found["key"] != finder_key:
         st.caption("These results are for earlier settings; run the finder again to update them.")
-    st.plotly_chart(charts.lr_finder_curve(result.lrs, result.losses, result.suggested), key="lr_plot")
+    st.plotly_chart(
+        charts.lr_finder_curve(result.lrs, result.losses, result.suggested), key="lr_plot"
+    )
     if result.suggested:
         st.button(
             f"Use the suggested learning rate ({result.suggested:.1e})",

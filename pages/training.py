@@ -59,7 +59,8 @@ def header(record: RunRecord) -> None:
     dataset = ws.get_dataset(record.dataset_id)
     st.caption(
         f"{record.model} · {record.strategy} · dataset {esc(dataset.name) if dataset else '(deleted)'}"
-        f" · started by {esc(record.creator or 'someone')} · {fmt_when(record.created_at)} · "
+        + (f" · started by {esc(record.creator)}" if record.creator else "")
+        + f" · {fmt_when(record.created_at)} · "
         f"id `{record.id}`"
     )
 
@@ -75,21 +76,47 @@ def progress_text(snap: Progress) -> str:
     return " · ".join(parts)
 
 
-def live_numbers(snap: Progress) -> None:
-    memory_label = "GPU memory" if manager.workspace and _on_gpu() else "Process memory"
+def eta(snap: Progress) -> float | None:
+    """The trainer's ETA within an epoch; at an epoch's first step (where it has no steps
+    to time yet) the average pace so far."""
+    if snap.step and snap.eta_seconds is not None:
+        return snap.eta_seconds
+    fraction = snap.fraction
+    if fraction > 0.02 and snap.elapsed_seconds:
+        return snap.elapsed_seconds * (1 - fraction) / fraction
+    return snap.eta_seconds
+
+
+def live_numbers(snap: Progress, record: RunRecord, active: bool) -> None:
     best = (
         f"{snap.best_epoch} ({fmt_pct(snap.best_metric)})" if snap.best_epoch is not None else "–"
     )
+    loss = f"{snap.train_loss:.4f}" if snap.train_loss is not None else "–"
+    if not active:
+        metric_row(
+            [
+                Metric("Epochs run", f"{record.epochs_run} of {snap.epochs or record.epochs_run}"),
+                Metric("Training time", fmt_duration(record.train_seconds or snap.elapsed_seconds)),
+                Metric("Best epoch (val acc.)", best),
+                Metric("Final train loss", loss),
+                Metric(
+                    "Batch size",
+                    str(snap.batch_size or (record.config or {}).get("batch_size", "–")),
+                ),
+            ]
+        )
+        return
+    memory_label = "GPU memory" if _on_gpu() else "Process memory"
     metric_row(
         [
-            Metric("ETA", fmt_duration(snap.eta_seconds), help="Time left for all epochs."),
+            Metric("ETA", fmt_duration(eta(snap)), help="Time left for all epochs."),
             Metric("Elapsed", fmt_duration(snap.elapsed_seconds)),
             Metric(
                 "Images / s",
                 f"{snap.images_per_second:,.0f}" if snap.images_per_second else "–",
             ),
             Metric(memory_label, f"{snap.memory_mb:,.0f} MB" if snap.memory_mb else "–"),
-            Metric("Train loss", f"{snap.train_loss:.4f}" if snap.train_loss is not None else "–"),
+            Metric("Train loss", loss),
             Metric("Learning rate", f"{snap.lr:.2e}" if snap.lr else "–"),
             Metric("Best epoch (val acc.)", best),
             Metric(
@@ -97,7 +124,8 @@ def live_numbers(snap: Progress) -> None:
                 str(snap.patience_left) if snap.patience_left is not None else "–",
                 help="Epochs without improvement left before early stopping ends the run.",
             ),
-        ]
+        ],
+        per_row=4,
     )
 
 
@@ -117,15 +145,14 @@ def controls(record: RunRecord, snap: Progress) -> None:
                          help="Remove the run from the queue."):  # fmt: skip
                 manager.stop(record.id)
                 st.rerun(scope="app")
-        elif record.status == RunStatus.RUNNING:
-            if st.button(
-                "Stop",
-                icon=":material/stop:",
-                key="stop_run",
-                help="Stop after the current batch; the best checkpoint so far is kept.",
-            ):
-                manager.stop(record.id)
-                st.toast("Stopping after the current batch; the best model is kept.")
+        elif record.status == RunStatus.RUNNING and st.button(
+            "Stop",
+            icon=":material/stop:",
+            key="stop_run",
+            help="Stop after the current batch; the best checkpoint so far is kept.",
+        ):
+            manager.stop(record.id)
+            st.toast("Stopping after the current batch; the best model is kept.")
 
 
 @st.fragment(run_every=POLL_SECONDS if is_active(run.id) else None)
@@ -151,7 +178,7 @@ def live_view(run_id: str, was_active: bool) -> None:
                     icon=":material/hourglass_top:")  # fmt: skip
         st.progress(snap.fraction, text=progress_text(snap))
         controls(record, snap)
-    live_numbers(snap)
+    live_numbers(snap, record, still_active)
     st.plotly_chart(
         charts.training_curves(list(snap.history), snap.best_epoch), key="training_curves"
     )

@@ -71,17 +71,20 @@ def test_macos_and_notebook_junk_never_become_classes(workspace: Workspace, tmp_
     entries[".ipynb_checkpoints/img-checkpoint.jpg"] = image_bytes(99)
     entries["dog/Thumbs.db"] = b"junk"
     entries["dog/notes.txt"] = b"text"
+    entries["dog/IMG_0001.HEIC"] = b"heic"
     ds = ingest_zip(workspace, make_zip(tmp_path / "d.zip", entries)).dataset
     assert ds.class_names == ["cat", "dog"]
     ignored = ds.health.find("ignored_entry")
-    assert ignored.severity == "info" and ignored.count == 5
+    assert ignored.severity == "info" and ignored.count == 6
     assert set(ignored.files) == {
         "__MACOSX/cat/._img_000.jpg",
         "cat/.DS_Store",
         ".ipynb_checkpoints/img-checkpoint.jpg",
         "dog/Thumbs.db",
         "dog/notes.txt",
+        "dog/IMG_0001.HEIC",
     }
+    assert "1 image format not supported (convert to JPEG or PNG)" in ignored.message
     assert "never become classes" in ignored.message
 
 

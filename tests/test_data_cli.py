@@ -123,3 +123,22 @@ def test_module_entry_point(tmp_path: Path):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["dataset"]["num_images"] == 6
+
+
+def test_csv_source_name_defaults_and_images_root(
+    workspace: Workspace,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    root = make_tree(tmp_path / "imgs", {"a": 3, "b": 3})
+    lines = ["path,label"] + [f"{c}/img_{i:03d}.jpg,{c}" for c in "ab" for i in range(3)]
+    (tmp_path / "labels.csv").write_text("\n".join(lines), encoding="utf-8")
+    assert run(workspace, "ingest", str(tmp_path / "labels.csv"), "--images-root", str(root)) == 0
+    assert workspace.find_dataset_by_name("labels").num_images == 6
+    capsys.readouterr()
+    assert run(workspace, "ingest", str(root), "--images-root", str(root)) == 1
+    assert "--images-root only applies" in capsys.readouterr().err
+    monkeypatch.chdir(root)
+    assert run(workspace, "ingest", ".") == 0
+    assert workspace.find_dataset_by_name("imgs") is not None

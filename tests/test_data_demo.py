@@ -84,8 +84,9 @@ def test_a_tiny_cnn_learns_it_far_above_chance(tmp_path: Path):
     opt = torch.optim.Adam(net.parameters(), 3e-3)
     for _ in range(10):
         net.train()
+        shuffled = train[torch.randperm(len(train))]
         for start in range(0, len(train), 16):
-            batch = train[torch.randperm(len(train))][start : start + 16]
+            batch = shuffled[start : start + 16]
             loss = nn.functional.cross_entropy(net(images[batch]), labels[batch])
             opt.zero_grad()
             loss.backward()

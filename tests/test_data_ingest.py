@@ -228,6 +228,11 @@ def test_class_names_are_kept_exactly(workspace: Workspace, tmp_path: Path):
     up = ingest(workspace, files, name="html").dataset
     assert up.class_names == sorted([html, "a/b"])
     assert all(up.image_path(r).parent.parent == up.images_dir for r in up.rows())
+    # line breaks survive the manifest round trip
+    breaks = ["line\nbreak", "carriage\rreturn"]
+    files = [UploadedFile(f"{i}.jpg", image_bytes(600 + i), breaks[i % 2]) for i in range(4)]
+    lines = load_dataset(workspace, ingest(workspace, files, name="breaks").dataset.id)
+    assert lines.class_names == sorted(breaks) and {r.label for r in lines.rows()} == set(breaks)
 
 
 def test_loose_images_without_class_folders(workspace: Workspace, tmp_path: Path):
@@ -321,3 +326,17 @@ def test_folder_symlinks_and_special_files(workspace: Workspace, tmp_path: Path)
     )
     ignored = result.health.find("ignored_entry")
     assert set(ignored.files) == {"looped/", "b/pipe.jpg"}
+
+
+def test_stale_builds_are_removed_and_fresh_ones_kept(workspace: Workspace, tmp_path: Path):
+    import os
+    import time
+
+    stale = workspace.tmp_dir / "ingest-d-old"
+    fresh = workspace.tmp_dir / "ingest-d-running"
+    for folder in (stale, fresh):
+        (folder / "images").mkdir(parents=True)
+    old = time.time() - 2 * 24 * 3600
+    os.utime(stale, (old, old))
+    ingest(workspace, make_tree(tmp_path / "d", {"a": 2, "b": 2}), name="x")
+    assert not stale.exists() and fresh.exists()

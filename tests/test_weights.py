@@ -168,11 +168,15 @@ def test_local_state_dict_other_head_size_is_replaced(tmp_path):
     assert torch.equal(same.head[1].bias, src["fc.bias"])
 
 
-@pytest.mark.parametrize("wrap", ["state_dict", "model", "model_state", "module_prefix"])
+@pytest.mark.parametrize(
+    "wrap", ["state_dict", "model", "model_state", "module_prefix", "lightning_prefix"]
+)
 def test_wrapped_checkpoints(tmp_path, wrap):
     src = tv_resnet18(seed=5).state_dict()
     if wrap == "module_prefix":
         obj = {"state_dict": {"module." + k: v for k, v in src.items()}, "epoch": 7}
+    elif wrap == "lightning_prefix":
+        obj = {"state_dict": {"model." + k: v for k, v in src.items()}, "global_step": 9}
     else:
         obj = {wrap: src, "epoch": 7, "best_acc": 0.5}
     path = tmp_path / "ckpt.pt"
@@ -342,21 +346,23 @@ def lite0_exports(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("lite0")
     return {
-        "pretrained": export_efficientnet_lite0_backbone(folder / "lite0.pt2", 96),
-        "random": export_random_backbone(folder / "lite0_random.pt2", 96),
-        "static": export_efficientnet_lite0_backbone(folder / "static.pt2", 96, dynamic_batch=False),
+        "pretrained": export_efficientnet_lite0_backbone(folder / "lite0.pt2", 64),
+        "random": export_random_backbone(folder / "lite0_random.pt2", 64),
+        "static": export_efficientnet_lite0_backbone(
+            folder / "static.pt2", 64, dynamic_batch=False
+        ),
     }
 
 
 @pytest.mark.slow
 def test_efficientnet_lite0_exports_load_as_custom_backbones(lite0_exports):
     for kind in ("pretrained", "random"):
-        model, report = build_classifier("custom", 5, str(lite0_exports[kind]), image_size=96)
+        model, report = build_classifier("custom", 5, str(lite0_exports[kind]), image_size=64)
         assert model.feature_dim == 1280, report.message
         with torch.no_grad():
-            assert model.eval()(torch.randn(3, 3, 96, 96)).shape == (3, 5)
+            assert model.eval()(torch.randn(3, 3, 64, 64)).shape == (3, 5)
     with pytest.raises(WeightsError, match="torch.export.Dim"):
-        build_classifier("custom", 5, str(lite0_exports["static"]), image_size=96)
+        build_classifier("custom", 5, str(lite0_exports["static"]), image_size=64)
 
 
 def digits_as_images(size: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -375,7 +381,7 @@ def digits_as_images(size: int) -> tuple[torch.Tensor, np.ndarray]:
 
 @pytest.mark.slow
 def test_pretrained_features_beat_random_weights_on_real_digits(lite0_exports):
-    """A linear probe (logistic regression) on frozen features, 300 train / 200 val digits.
+    """A linear probe (logistic regression) on frozen features, 300 train / 200 val digits at 64 px.
 
     Both backbones are the same architecture; only the weights differ. The probe is
     fitted on the raw features, as a frozen-backbone probe sees them. (With features
@@ -387,12 +393,12 @@ def test_pretrained_features_beat_random_weights_on_real_digits(lite0_exports):
     from sklearn.preprocessing import StandardScaler
 
     start = time.perf_counter()
-    images, labels = digits_as_images(96)
+    images, labels = digits_as_images(64)
     order = np.random.default_rng(0).permutation(len(labels))
     train, val = order[:300], order[300:500]
     scores = {}
     for kind in ("pretrained", "random"):
-        model, _ = build_classifier("custom", 10, str(lite0_exports[kind]), image_size=96)
+        model, _ = build_classifier("custom", 10, str(lite0_exports[kind]), image_size=64)
         model.eval()
         with torch.no_grad():
             feats = torch.cat([model.features(b) for b in images[order[:500]].split(100)]).numpy()
@@ -402,7 +408,7 @@ def test_pretrained_features_beat_random_weights_on_real_digits(lite0_exports):
         std.fit(ftrain, labels[train])
         scores[kind] = (raw.score(fval, labels[val]), std.score(fval, labels[val]))
     print(
-        f"\nlinear probe on load_digits (300 train / 200 val, 96 px), val accuracy: "
+        f"\nlinear probe on load_digits (300 train / 200 val, 64 px), val accuracy: "
         f"pretrained {scores['pretrained'][0]:.3f} vs random weights {scores['random'][0]:.3f} "
         f"(standardised features: {scores['pretrained'][1]:.3f} vs {scores['random'][1]:.3f}); "
         f"{time.perf_counter() - start:.1f} s"

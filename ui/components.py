@@ -30,15 +30,11 @@ STATUS_STYLE: dict[str, tuple[str, str, str]] = {
     RunStatus.STOPPED: ("Stopped", "orange", ":material/stop_circle:"),
     RunStatus.INTERRUPTED: ("Interrupted", "violet", ":material/pause_circle:"),
 }
-STATUS_EMOJI = {
-    RunStatus.QUEUED: "⏳",
-    RunStatus.RUNNING: "🔵",
-    RunStatus.SUCCEEDED: "✅",
-    RunStatus.FAILED: "❌",
-    RunStatus.STOPPED: "⏹️",
-    RunStatus.INTERRUPTED: "⏸️",
+HEALTH_STYLE = {
+    "ok": ("Healthy", "green"),
+    "warning": ("Warnings", "orange"),
+    "error": ("Errors", "red"),
 }
-HEALTH_STYLE = {"ok": ("Healthy", "green"), "warning": ("Warnings", "orange"), "error": ("Errors", "red")}
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
 
@@ -97,9 +93,13 @@ def run_duration(run: RunRecord) -> float | None:
     return None
 
 
+def status_label(status: str) -> str:
+    return STATUS_STYLE.get(status, (status.title(),))[0]
+
+
 def run_label(run: RunRecord) -> str:
-    name = run.name or run.id
-    return f"{STATUS_EMOJI.get(run.status, '')} {name} · {run.id}"
+    """'name · Status · id' for pickers (plain text: some browsers lack emoji fonts)."""
+    return f"{run.name or run.model} · {status_label(run.status)} · {run.id}"
 
 
 def dataset_label(record: DatasetRecord) -> str:
@@ -124,11 +124,13 @@ class Metric:
     help: str | None = None
 
 
-def metric_row(metrics: Sequence[Metric]) -> None:
-    """Bordered metric cards side by side (they wrap on narrow screens)."""
-    with st.container(horizontal=True, gap="small"):
-        for m in metrics:
-            st.metric(m.label, m.value, help=m.help, border=True, width="stretch")
+def metric_row(metrics: Sequence[Metric], per_row: int = 6) -> None:
+    """Bordered metric cards in rows of equal columns (``per_row`` at most)."""
+    per_row = max(1, min(per_row, len(metrics) or 1))
+    for start in range(0, len(metrics), per_row):
+        cols = st.columns(per_row, gap="small")
+        for col, m in zip(cols, metrics[start : start + per_row], strict=False):
+            col.metric(m.label, m.value, help=m.help, border=True)
 
 
 def error_box(message: str, exc: BaseException | None = None, details: str | None = None) -> None:
@@ -143,9 +145,7 @@ def error_box(message: str, exc: BaseException | None = None, details: str | Non
 
 
 def not_available(feature: str, exc: BaseException | None = None) -> None:
-    st.info(
-        f"{feature} is not available in this installation yet.", icon=":material/construction:"
-    )
+    st.info(f"{feature} is not available in this installation yet.", icon=":material/construction:")
     if exc is not None:
         with st.expander("Details"):
             st.code(f"{type(exc).__name__}: {exc}", language="text")

@@ -39,7 +39,9 @@ def make_demo_folder(
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             rng = np.random.default_rng([seed, class_index, i])
-            _draw(shape, class_index / classes, size, rng).save(folder / f"{shape}_{i:04d}.jpg", "JPEG", quality=92)
+            _draw(shape, class_index / classes, size, rng).save(
+                folder / f"{shape}_{i:04d}.jpg", "JPEG", quality=92
+            )
     return dest
 
 

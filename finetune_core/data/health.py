@@ -129,7 +129,7 @@ def build_report(
             Finding(
                 "val_from_train",
                 "info",
-                f"The upload had train and test parts but no validation part, so {val_carved:.0%} "
+                f"The data came with its own split but no validation part, so {val_carved:.0%} "
                 "of each class's training images were set aside for validation.",
             )
         )

@@ -26,7 +26,7 @@ DEFAULT_MAX_PIXELS = 64_000_000
 IMAGE_EXTENSIONS = frozenset(
     {
         ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib", ".tif", ".tiff",
-        ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
+        ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".avif",
     }
 )  # fmt: skip
 

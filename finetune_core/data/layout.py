@@ -24,6 +24,10 @@ SYSTEM_NAMES = frozenset(
 ARCHIVE_EXTENSIONS = frozenset(
     {".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst", ".lz4"}
 )
+# Images Pillow cannot read: reported with advice instead of as "not an image".
+UNSUPPORTED_IMAGE_EXTENSIONS = frozenset(
+    {".heic", ".heif", ".svg", ".psd", ".raw", ".cr2", ".cr3", ".nef", ".arw", ".dng", ".orf"}
+)
 SPLIT_NAMES = {
     "train": "train",
     "training": "train",
@@ -39,6 +43,7 @@ SPLITS = ("train", "val", "test")
 REASON_SYSTEM = "system file or folder"
 REASON_HIDDEN = "hidden file or folder"
 REASON_NOT_IMAGE = "not an image file"
+REASON_UNSUPPORTED = "image format not supported (convert to JPEG or PNG)"
 REASON_OUTSIDE = "outside any class folder"
 REASON_ARCHIVE = "archive inside the upload (not extracted)"
 
@@ -77,6 +82,8 @@ def ignore_reason(parts: tuple[str, ...]) -> Skipped | None:
     suffix = PurePosixPath(parts[-1]).suffix.lower()
     if suffix in ARCHIVE_EXTENSIONS:
         return Skipped(source, "nested_archive", REASON_ARCHIVE)
+    if suffix in UNSUPPORTED_IMAGE_EXTENSIONS:
+        return Skipped(source, "ignored_entry", REASON_UNSUPPORTED)
     if suffix not in IMAGE_EXTENSIONS:
         return Skipped(source, "ignored_entry", REASON_NOT_IMAGE)
     return None

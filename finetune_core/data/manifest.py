@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import BinaryIO
 
-from finetune_core.fsutil import atomic_write_text
+from finetune_core.fsutil import atomic_write
 
 MANIFEST_NAME = "manifest.csv"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ManifestRow:
     """One imported file.
 
@@ -44,12 +45,18 @@ _INT_FIELDS = {"width", "height", "size"}
 
 
 def write_manifest(path: Path, rows: list[ManifestRow]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(asdict(row))
-    atomic_write_text(path, buffer.getvalue())
+    """Write the manifest atomically, streaming rows (no copy of the whole text in memory)."""
+
+    def write(handle: BinaryIO) -> None:
+        text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+        writer = csv.writer(text, lineterminator="\r\n")  # RFC 4180: a lone \r in a label is quoted
+        writer.writerow(_FIELDS)
+        for row in rows:
+            writer.writerow([getattr(row, name) for name in _FIELDS])
+        text.flush()
+        text.detach()  # atomic_write still owns (and closes) the binary handle
+
+    atomic_write(path, write)
 
 
 def read_manifest(path: Path) -> list[ManifestRow]:

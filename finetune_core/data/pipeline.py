@@ -11,7 +11,9 @@ import os
 import shutil
 import time
 import unicodedata
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
@@ -26,7 +28,7 @@ from finetune_core.data.manifest import MANIFEST_NAME, ManifestRow, write_manife
 from finetune_core.data.sources import Candidate, Plan, open_plan
 from finetune_core.data.split import SplitSpec, assign_splits
 from finetune_core.fsutil import atomic_write_json
-from finetune_core.store import DatasetRecord, Workspace, new_id, utc_now
+from finetune_core.store import DatasetRecord, Workspace, new_id
 
 Progress = Callable[[int, int, str], None]
 
@@ -64,6 +66,16 @@ def ingest(
     )
 
 
+@dataclass
+class _Built:
+    """Everything about a dataset except its image files, ready to be written."""
+
+    rows: list[ManifestRow]
+    report: HealthReport
+    record: DatasetRecord
+    meta: dict[str, Any]
+
+
 def _ingest(
     workspace: Workspace,
     source: object,
@@ -76,13 +88,7 @@ def _ingest(
     source_kind: str | None = None,
     extra_summary: dict[str, Any] | None = None,
 ) -> IngestResult:
-    name = (name or "").strip()
-    if not name:
-        raise IngestError("Give the dataset a name.")
-    if workspace.find_dataset_by_name(name):
-        raise IngestError(
-            f"A dataset named {name!r} already exists. Choose another name or delete it first."
-        )
+    name = _checked_name(workspace, name)
     problems = split.problems()
     if problems:
         raise IngestError(" ".join(problems))
@@ -92,50 +98,26 @@ def _ingest(
     dataset_id = new_id("d")
     build = workspace.tmp_dir / f"ingest-{dataset_id}"
     final = workspace.dataset_dir(dataset_id)
-    moved = False
     try:
         build.mkdir(parents=True)
+    except OSError as exc:
+        raise IngestError(f"Could not create {build}: {exc.strerror or exc}.") from exc
+    moved = False
+    try:
         with open_plan(source, limits) as plan:
             rows = _import(plan, build / IMAGES_DIR, limits, progress)
-            class_names = sorted({c.label for c in plan.candidates})
-            user_split = plan.user_split
-            rows, carved = assign_splits(rows, split)
-            val_share = split.val / (split.train + split.val) if carved else None
-            report = build_report(rows, class_names, plan.skipped, val_carved=val_share)
-            usable = [r for r in rows if r.ok]
-            if not usable:
-                raise _nothing_usable(rows)
-            record = DatasetRecord(
-                id=dataset_id,
-                name=name,
-                creator=creator,
-                source_kind=source_kind or plan.kind,
-                num_images=len(usable),
-                num_classes=len(class_names),
-                class_names=class_names,
-                fingerprint=dataset_fingerprint(rows, class_names),
-                health=report.status,
-                summary=_summary(report, split, plan, user_split, extra_summary),
+            built = _describe(
+                plan, rows, split, DatasetRecord(id=dataset_id, name=name, creator=creator)
             )
-            meta = {
-                "format_version": 1,
-                "id": dataset_id,
-                "name": name,
-                "created_at": record.created_at,
-                "source_kind": record.source_kind,
-                "source": plan.description,
-                "layout": plan.layout,
-                "user_split": user_split,
-                "split": split.to_dict(),
-                "class_names": class_names,
-                "fingerprint": record.fingerprint,
-            }
-        write_manifest(build / MANIFEST_NAME, rows)
-        atomic_write_json(build / HEALTH_NAME, report.to_dict())
-        atomic_write_json(build / DATASET_META, meta)
+        if source_kind:
+            built.record.source_kind = built.meta["source_kind"] = source_kind
+        built.record.summary.update(extra_summary or {})
+        write_manifest(build / MANIFEST_NAME, built.rows)
+        atomic_write_json(build / HEALTH_NAME, built.report.to_dict())
+        atomic_write_json(build / DATASET_META, built.meta)
         os.replace(build, final)
         moved = True
-        workspace.add_dataset(record)
+        workspace.add_dataset(built.record)
     except BaseException as exc:
         shutil.rmtree(final if moved else build, ignore_errors=True)
         if isinstance(exc, IngestError) or not isinstance(exc, Exception):
@@ -145,13 +127,62 @@ def _ingest(
                 f"Could not write the dataset: {exc.strerror or exc}. Check free disk space."
             ) from exc
         raise IngestError(f"The import failed unexpectedly: {type(exc).__name__}: {exc}") from exc
-    return IngestResult(dataset=Dataset(workspace, record), health=report)
+    return IngestResult(dataset=Dataset(workspace, built.record), health=built.report)
+
+
+def _checked_name(workspace: Workspace, name: str) -> str:
+    name = (name or "").strip()
+    if not name:
+        raise IngestError("Give the dataset a name.")
+    if workspace.find_dataset_by_name(name):
+        raise IngestError(
+            f"A dataset named {name!r} already exists. Choose another name or delete it first."
+        )
+    return name
+
+
+def _describe(
+    plan: Plan, rows: list[ManifestRow], split: SplitSpec, record: DatasetRecord
+) -> _Built:
+    """Split the rows, build the health report, and fill in the record and dataset.json."""
+    class_names = sorted({c.label for c in plan.candidates})
+    rows, carved = assign_splits(rows, split)
+    val_share = split.val / (split.train + split.val) if carved else None
+    report = build_report(rows, class_names, plan.skipped, val_carved=val_share)
+    usable = sum(1 for r in rows if r.ok)
+    if not usable:
+        raise _nothing_usable(rows)
+    record.source_kind = plan.kind
+    record.num_images = usable
+    record.num_classes = len(class_names)
+    record.class_names = class_names
+    record.fingerprint = dataset_fingerprint(rows, class_names)
+    record.health = report.status
+    record.summary = _summary(report, split, plan)
+    meta = {
+        "format_version": 1,
+        "id": record.id,
+        "name": record.name,
+        "created_at": record.created_at,
+        "source_kind": record.source_kind,
+        "source": plan.description,
+        "layout": plan.layout,
+        "user_split": plan.user_split,
+        "split": split.to_dict(),
+        "class_names": class_names,
+        "fingerprint": record.fingerprint,
+    }
+    return _Built(rows=rows, report=report, record=record, meta=meta)
 
 
 def _import(
     plan: Plan, images_dir: Path, limits: IngestLimits, progress: Progress | None
 ) -> list[ManifestRow]:
-    """Copy, hash and probe each candidate, one at a time."""
+    """Copy and hash each candidate in turn; probe (decode) the copies on a few threads.
+
+    Pillow releases the GIL while decoding, so probing overlaps with copying. At most
+    ``2 * workers`` files are in flight, so memory does not grow with the dataset.
+    """
     candidates = plan.candidates
     labels = sorted({c.label for c in candidates})
     class_dirs = {label: f"{i:03d}-{_slug(label, 40) or 'class'}" for i, label in enumerate(labels)}
@@ -159,20 +190,38 @@ def _import(
         (images_dir / folder).mkdir(parents=True, exist_ok=True)
     total = len(candidates)
     budget = [limits.max_total_bytes]
-    rows: list[ManifestRow] = []
+    rows: list[ManifestRow | None] = [None] * total
+    pending: deque[tuple[int, Future[ManifestRow]]] = deque()
+    workers = _probe_workers()
     last = 0.0
     if progress:
         progress(0, total, f"Reading {total} files")
-    for index, cand in enumerate(candidates):
-        rows.append(_import_one(cand, index, images_dir, class_dirs[cand.label], limits, budget))
-        now = time.monotonic()
-        if progress and (now - last >= _PROGRESS_INTERVAL or index + 1 == total):
-            last = now
-            progress(index + 1, total, cand.source)
-    return rows
+    with ThreadPoolExecutor(workers, thread_name_prefix="ingest-probe") as pool:
+        for index, cand in enumerate(candidates):
+            row = _copy_one(cand, index, images_dir, class_dirs[cand.label], limits, budget)
+            if row.ok:
+                pending.append((index, pool.submit(_probed, row, images_dir, limits.max_pixels)))
+            else:
+                rows[index] = row
+            while len(pending) > 2 * workers:
+                done, future = pending.popleft()
+                rows[done] = future.result()
+            now = time.monotonic()
+            if progress and now - last >= _PROGRESS_INTERVAL and index + 1 < total:
+                last = now
+                progress(index + 1, total, cand.source)
+        for done, future in pending:
+            rows[done] = future.result()
+    if progress:
+        progress(total, total, "Checked every file")
+    return [r for r in rows if r is not None]
 
 
-def _import_one(
+def _probe_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _copy_one(
     cand: Candidate,
     index: int,
     images_dir: Path,
@@ -180,6 +229,7 @@ def _import_one(
     limits: IngestLimits,
     budget: list[int],
 ) -> ManifestRow:
+    """Copy one file; the row is ``ok`` (still to be probed) or says why it is unusable."""
     rel = f"{class_dir}/{index:06d}-{_file_name(cand.source)}"
     dest = images_dir / rel
     base = ManifestRow(
@@ -192,19 +242,16 @@ def _import_one(
         return replace(base, path="", status="unreadable", reason=f"cannot read the file: {exc}")
     if size == 0:
         return replace(base, sha256=sha, status="empty_file", reason="file is empty (0 bytes)")
+    return replace(base, sha256=sha, size=size)
+
+
+def _probed(row: ManifestRow, images_dir: Path, max_pixels: int) -> ManifestRow:
+    """The row completed with the probe's findings (size, format, mode or the problem)."""
     try:
-        info = probe_image(dest, max_pixels=limits.max_pixels)
+        info = probe_image(images_dir / row.path, max_pixels=max_pixels)
     except ImageReadError as exc:
-        return replace(base, sha256=sha, size=size, status=exc.code, reason=exc.reason)
-    return replace(
-        base,
-        sha256=sha,
-        size=size,
-        width=info.width,
-        height=info.height,
-        format=info.format,
-        mode=info.mode,
-    )
+        return replace(row, status=exc.code, reason=exc.reason)
+    return replace(row, width=info.width, height=info.height, format=info.format, mode=info.mode)
 
 
 class _ReadFailed(Exception):
@@ -218,13 +265,13 @@ def _copy(cand: Candidate, dest: Path, budget: list[int], limits: IngestLimits) 
     try:
         handle: BinaryIO = cand.opener()
     except Exception as exc:
-        raise _ReadFailed(_describe(exc)) from exc
+        raise _ReadFailed(_error_text(exc)) from exc
     with handle, open(dest, "xb") as out:
         while True:
             try:
                 chunk = handle.read(_CHUNK)
             except Exception as exc:  # zlib/CRC errors in a zip entry, I/O errors on a disk
-                raise _ReadFailed(_describe(exc)) from exc
+                raise _ReadFailed(_error_text(exc)) from exc
             if not chunk:
                 break
             size += len(chunk)
@@ -244,7 +291,7 @@ def _copy(cand: Candidate, dest: Path, budget: list[int], limits: IngestLimits) 
     return digest.hexdigest(), size
 
 
-def _describe(exc: Exception) -> str:
+def _error_text(exc: Exception) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
@@ -272,13 +319,7 @@ def _nothing_usable(rows: list[ManifestRow]) -> IngestError:
     )
 
 
-def _summary(
-    report: HealthReport,
-    split: SplitSpec,
-    plan: Plan,
-    user_split: bool,
-    extra: dict[str, Any] | None,
-) -> dict[str, Any]:
+def _summary(report: HealthReport, split: SplitSpec, plan: Plan) -> dict[str, Any]:
     stats = report.stats
     return {
         "class_counts": stats["class_counts"],
@@ -289,17 +330,15 @@ def _summary(
         "warnings": len(report.warnings),
         "finding_codes": report.codes(),
         "layout": plan.layout,
-        "user_split": user_split,
+        "user_split": plan.user_split,
         "split": split.to_dict(),
-        "ingested_at": utc_now(),
-        **(extra or {}),
     }
 
 
 def _remove_stale_builds(tmp_dir: Path) -> None:
     """Builds left by a process that was killed mid-ingest (a day old: nobody owns them)."""
     cutoff = time.time() - _STALE_BUILD_SECONDS
-    for path in tmp_dir.glob("ingest-*"):
+    for path in [*tmp_dir.glob("ingest-*"), *tmp_dir.glob("demo-src-*")]:
         try:
             if path.stat().st_mtime < cutoff:
                 shutil.rmtree(path, ignore_errors=True)

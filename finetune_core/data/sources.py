@@ -58,7 +58,7 @@ class ServerPath:
     path: str | os.PathLike
 
 
-@dataclass
+@dataclass(slots=True)
 class Candidate:
     """One file to import: where it came from, its class, its split (None = assign)."""
 
@@ -182,7 +182,7 @@ def zip_plan(zf: zipfile.ZipFile, display: str, limits: IngestLimits) -> Plan:
 def folder_plan(root: Path, limits: IngestLimits) -> Plan:
     """Walk a folder without following folder links (no loops); file links are read."""
     skipped: list[Skipped] = []
-    images: list[tuple[tuple[str, ...], Path]] = []
+    images: list[tuple[tuple[str, ...], str]] = []
     count = 0
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         rel_dir = Path(dirpath).relative_to(root).parts
@@ -210,11 +210,11 @@ def folder_plan(root: Path, limits: IngestLimits) -> Plan:
                     "Import a smaller folder or raise the limit."
                 )
             parts = (*rel_dir, name)
-            full = Path(dirpath, name)
+            full = os.path.join(dirpath, name)  # a str: a Path per file costs memory at scale
             reason = ignore_reason(parts)
             if reason:
                 skipped.append(reason)
-            elif not full.is_file():  # FIFOs and devices would block or never end
+            elif not os.path.isfile(full):  # FIFOs and devices would block or never end
                 skipped.append(Skipped("/".join(parts), "ignored_entry", "not a regular file"))
             else:
                 images.append((parts, full))
@@ -238,7 +238,7 @@ def folder_plan(root: Path, limits: IngestLimits) -> Plan:
     )
 
 
-def _file_opener(path: Path) -> Callable[[], BinaryIO]:
+def _file_opener(path: str | Path) -> Callable[[], BinaryIO]:
     return lambda: open(path, "rb")  # noqa: SIM115 - the pipeline closes it
 
 
@@ -276,9 +276,12 @@ def csv_plan(csv_path: Path, images_root: str | os.PathLike | None, limits: Inge
             skipped.append(Skipped(raw_path, "bad_row", f"{where}: unknown split (use {allowed})"))
             continue
         rel = raw_path.replace("\\", "/")
+        if "\x00" in rel:
+            unsafe.append(f"{where}: {raw_path!r}")
+            continue
         full = Path(rel) if os.path.isabs(rel) else root / rel
         resolved = Path(os.path.realpath(full))
-        if "\x00" in rel or not resolved.is_relative_to(real_root):
+        if not resolved.is_relative_to(real_root):
             unsafe.append(f"{where}: {raw_path}")
             continue
         if not resolved.is_file():
@@ -347,15 +350,14 @@ def _read_csv(
             raise IngestError(
                 f"{display} lists more than {limits.max_files:,} files, above the limit."
             )
-
-        def cell(col: int | None, record: list[str] = record) -> str:
-            return record[col].strip() if col is not None and col < len(record) else ""
-
-        split: str | None = None
-        if split_col is not None and cell(split_col):
-            split = SPLIT_NAMES.get(cell(split_col).lower(), "?")
-        rows.append((number, cell(path_col), cell(label_col), split))
+        split_name = _cell(record, split_col)
+        split = SPLIT_NAMES.get(split_name.lower(), "?") if split_name else None
+        rows.append((number, _cell(record, path_col), _cell(record, label_col), split))
     return rows
+
+
+def _cell(record: list[str], col: int | None) -> str:
+    return record[col].strip() if col is not None and col < len(record) else ""
 
 
 # -------------------------------------------------------------------------- uploads

@@ -1,0 +1,154 @@
+"""Sign-in before any page renders, and who is signed in.
+
+``app.py`` calls :func:`require_login` before ``st.navigation(...).run()``; pages call
+:func:`current_user`. The rules themselves live in ``finetune_core.access``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import streamlit as st
+from streamlit.errors import StreamlitAuthError
+
+from finetune_core.access import (
+    AccessConfigError,
+    AccessSettings,
+    User,
+    check_password,
+    load_access_settings,
+    make_user,
+)
+
+FAILED_DELAY_S = 1.0  # wait after a wrong password, times the session's failures so far
+MAX_DELAY_S = 8.0
+NAME_KEY = "user_name"  # open mode: the name typed in the sidebar
+_SIGNED_IN_KEY = "auth_user"  # password mode: the name given with the right password
+_FAILURES_KEY = "auth_failures"
+# Wrong attempts wait one after another, so parallel sessions cannot guess faster.
+_FAILURE_LOCK = threading.Lock()
+
+
+def access_settings() -> AccessSettings:
+    """The server's access settings: environment, then ``.streamlit/secrets.toml``."""
+    return load_access_settings(_secrets(), os.environ)
+
+
+def _secrets() -> Mapping[str, Any] | None:
+    try:
+        return st.secrets.to_dict()
+    except FileNotFoundError as exc:  # StreamlitSecretNotFoundError
+        if getattr(exc, "error_id", "") == "no-secrets-found":
+            return None
+        # A secrets file that does not parse must not silently open the app to everyone.
+        raise AccessConfigError(f"Could not read .streamlit/secrets.toml: {exc}") from exc
+
+
+def current_user() -> User:
+    """Who is using the app (``User("")`` if nobody is signed in yet)."""
+    settings = access_settings()
+    if settings.auth_mode == "oidc":
+        return _oidc_user(settings) if st.user.get("is_logged_in") else User("")
+    if settings.auth_mode == "password":
+        return make_user(settings, str(st.session_state.get(_SIGNED_IN_KEY, "")))
+    return make_user(settings, str(st.session_state.get(NAME_KEY, "")))
+
+
+def require_login() -> User:
+    """Return the signed-in user, or show the sign-in screen and stop the script run."""
+    try:
+        settings = access_settings()
+    except AccessConfigError as exc:
+        st.title("Finetune Dashboard")
+        st.error(f"The access settings are invalid, so the app stays closed. {exc}")
+        st.stop()
+    if settings.auth_mode == "oidc":
+        return _oidc_login(settings)
+    if settings.auth_mode == "password":
+        return _password_login(settings)
+    return current_user()
+
+
+def sidebar_user_box(user: User) -> None:
+    """Who is signed in and a sign-out button; in open mode, a name field instead."""
+    settings = access_settings()
+    with st.sidebar:
+        if settings.auth_mode == "open":
+            st.text_input(
+                "Your name",
+                key=NAME_KEY,
+                placeholder="shown on your runs",
+                help="Recorded as the creator of the datasets and runs you start.",
+            )
+            st.caption("Open access: no sign-in. Anyone who can reach this server can use it.")
+            return
+        shown = str(st.user.get("name") or user.name) if settings.auth_mode == "oidc" else user.name
+        with st.container(horizontal=True, gap="small", vertical_alignment="center"):
+            st.text(f"Signed in as {shown}")
+            if user.is_admin:
+                st.badge("admin", color="violet")
+        if st.button("Sign out", icon=":material/logout:", key="auth_sign_out"):
+            if settings.auth_mode == "oidc":
+                st.logout()
+            else:
+                st.session_state.pop(_SIGNED_IN_KEY, None)
+                st.rerun()
+
+
+# ----------------------------------------------------------------------------- OIDC
+def _oidc_user(settings: AccessSettings) -> User:
+    info = st.user
+    name = str(info.get("email") or info.get("preferred_username") or info.get("sub") or "")
+    user = make_user(settings, name)
+    if info.get("email_verified") is False:  # an unverified address must not grant admin
+        return User(user.name, is_admin=False)
+    return user
+
+
+def _oidc_login(settings: AccessSettings) -> User:
+    if st.user.get("is_logged_in"):
+        return _oidc_user(settings)
+    st.title("Finetune Dashboard")
+    st.write("Sign in with your organisation account to continue.")
+    auth = (_secrets() or {}).get("auth") or {}
+    # [auth] with client_id is the default provider; [auth.<name>] sections are named ones.
+    providers: list[str | None] = [None] if "client_id" in auth else []
+    providers += [key for key, value in auth.items() if isinstance(value, Mapping)]
+    for provider in providers or [None]:
+        label = f"Sign in with {provider.title()}" if provider else "Sign in"
+        if st.button(label, type="primary", icon=":material/login:", key=f"login_{provider}"):
+            try:
+                st.login(provider)
+            except StreamlitAuthError as exc:
+                st.error(f"Sign-in is misconfigured on this server: {exc}")
+    st.stop()
+
+
+# ----------------------------------------------------------------------------- password
+def _password_login(settings: AccessSettings) -> User:
+    name = str(st.session_state.get(_SIGNED_IN_KEY, ""))
+    if name:
+        return make_user(settings, name)
+    st.title("Finetune Dashboard")
+    with st.form("finetune_login", clear_on_submit=True):
+        typed_name = st.text_input("Your name", max_chars=60, placeholder="shown on your runs")
+        typed_password = st.text_input("Access password", type="password")
+        submitted = st.form_submit_button("Sign in", type="primary")
+    if submitted:
+        if not typed_name.strip():
+            st.error("Type your name: it is recorded on the datasets and runs you create.")
+        elif check_password(settings, typed_password):
+            st.session_state[_SIGNED_IN_KEY] = " ".join(typed_name.split())
+            st.session_state.pop(_FAILURES_KEY, None)
+            st.rerun()
+        else:
+            failures = int(st.session_state.get(_FAILURES_KEY, 0)) + 1
+            st.session_state[_FAILURES_KEY] = failures
+            with _FAILURE_LOCK:
+                time.sleep(min(FAILED_DELAY_S * failures, MAX_DELAY_S))
+            st.error("Wrong password. Ask whoever runs this server for the team's password.")
+    st.stop()
