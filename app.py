@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hmac
-
 import streamlit as st
 
-from ui.services import get_job_manager, setting
+from ui.auth import require_login, sidebar_user_box
+from ui.services import get_job_manager
 
 st.set_page_config(
     page_title="Finetune Dashboard", page_icon=":material/model_training:", layout="wide"
@@ -21,22 +20,6 @@ PAGES = [
     st.Page("pages/predict.py", title="Predict", icon=":material/image_search:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/list:"),
 ]
-
-
-def password_gate() -> None:
-    """When FINETUNE_PASSWORD is set (environment or secrets), ask for it once per session."""
-    password = setting("FINETUNE_PASSWORD")
-    if not password or st.session_state.get("authenticated"):
-        return
-    st.title("Finetune Dashboard")
-    with st.form("login"):
-        typed = st.text_input("Password", type="password")
-        if st.form_submit_button("Sign in", type="primary"):
-            if hmac.compare_digest(typed.encode(), password.encode()):
-                st.session_state["authenticated"] = True
-                st.rerun()
-            st.error("Wrong password.")
-    st.stop()
 
 
 def job_badge() -> None:
@@ -58,15 +41,10 @@ def job_badge() -> None:
                 st.badge("idle", icon=":material/check:", color="green")
         if running or queued:
             st.page_link("pages/training.py", label="Watch training", icon=":material/monitoring:")
-        st.text_input(
-            "Your name",
-            key="user_name",
-            placeholder="shown on your runs",
-            help="Recorded as the creator of the datasets and runs you start.",
-        )
 
 
-password_gate()
+user = require_login()  # stops here with a sign-in screen until someone is signed in
 navigation = st.navigation(PAGES)
 job_badge()
+sidebar_user_box(user)
 navigation.run()

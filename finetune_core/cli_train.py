@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import threading
@@ -37,6 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument(
+        "--rdzv-endpoint",
+        dest="rdzv_endpoint",
+        default="",
+        help="with nodes > 1: HOST:PORT of the rendezvous (torchrun's --rdzv-endpoint)",
+    )
+    p.add_argument("--rdzv-id", dest="rdzv_id", default="", help="torchrun's --rdzv-id")
     p.set_defaults(handler=run_train)
 
     m = sub.add_parser("models", help="list the architectures")
@@ -96,11 +104,7 @@ def _resolve_dataset(workspace, source: str):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from finetune_core.callbacks import ConsoleProgress, MetricsLogger
-    from finetune_core.jobs import write_run_info
-    from finetune_core.models import WeightsError
-    from finetune_core.store import Workspace
-    from finetune_core.trainer import Trainer, TrainingError
+    from finetune_core import distributed
 
     try:
         config = config_from_args(args)
@@ -108,19 +112,54 @@ def run_train(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+    if distributed.is_multi_process(config) and not distributed.under_torchrun():
+        return distributed.launch_from_cli(
+            config,
+            args.out,
+            workspace=Path(args.workspace) if args.workspace else None,
+            resume=args.resume,
+            rdzv_endpoint=args.rdzv_endpoint,
+            rdzv_id=args.rdzv_id,
+        )
+    try:
+        ctx = distributed.setup(config)  # SINGLE outside torchrun
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _train(args, config, ctx)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(args: argparse.Namespace, config: RunConfig, ctx) -> int:
+    """Train in this process: the whole run, or this rank's part under torchrun."""
+    from finetune_core import distributed
+    from finetune_core.callbacks import ConsoleProgress, MetricsLogger
+    from finetune_core.jobs import write_run_info
+    from finetune_core.models import WeightsError
+    from finetune_core.store import Workspace
+    from finetune_core.trainer import Trainer, TrainingError
+
     workspace = Workspace(args.workspace)
     try:
-        dataset = _resolve_dataset(workspace, config.dataset)
+        # rank 0 resolves (and maybe ingests) the dataset; the other ranks load it by id
+        dataset = _resolve_dataset(workspace, config.dataset) if ctx.is_main else None
+        dataset_id = distributed.broadcast_object(dataset.id if dataset else None, ctx)
+        dataset = dataset or _resolve_dataset(workspace, dataset_id)
     except SystemExit as exc:
         print(exc, file=sys.stderr)
         return 2
     config = config.replace(dataset=dataset.id)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    config.save(out / "config.json")
-    write_run_info(out, config, dataset, workspace)
-    callbacks = [MetricsLogger(out / "metrics.jsonl")]
-    if not args.quiet:
+    if ctx.is_main:
+        config.save(out / "config.json")
+        write_run_info(out, config, dataset, workspace)
+    callbacks = [MetricsLogger(out / "metrics.jsonl")] if ctx.is_main else []
+    callbacks += distributed.rank_callbacks(ctx, out)
+    if not args.quiet and ctx.is_main:
         callbacks.append(ConsoleProgress())
     stop = threading.Event()
     trainer = Trainer(
@@ -133,8 +172,10 @@ def run_train(args: argparse.Namespace) -> int:
         resume=args.resume,
     )
     started = time.monotonic()
+    signals = distributed.stop_on_signals(stop) if ctx.enabled else contextlib.nullcontext()
     try:
-        result = trainer.fit()
+        with signals, distributed.errors_recorded(ctx, out):
+            result = trainer.fit()
     except KeyboardInterrupt:
         print(
             "\ninterrupted: the last complete epoch's checkpoint is kept; --resume continues",
@@ -144,6 +185,8 @@ def run_train(args: argparse.Namespace) -> int:
     except (TrainingError, ConfigError, WeightsError, RuntimeError) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
+    if not ctx.is_main:
+        return 0
     summary = json.loads((out / "metrics.json").read_text())
     summary["status"] = result.status
     summary["wall_seconds"] = round(time.monotonic() - started, 3)

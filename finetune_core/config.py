@@ -61,6 +61,10 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     num_threads: int = 0  # 0 = all cores
+    # Scale-out (torchrun + DDP): processes per machine (GPUs; CPU workers with device=cpu),
+    # 1, N or "all" visible GPUs; and machines. batch_size stays the global batch.
+    devices: int | str = 1
+    nodes: int = 1
 
     # ----------------------------------------------------------------- checks
     def problems(self) -> list[str]:
@@ -126,6 +130,37 @@ class RunConfig:
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             out.append(f"device must be auto, cpu, cuda, cuda:N or mps (got {dev!r}).")
+        out.extend(self._scale_out_problems())
+        return out
+
+    def _scale_out_problems(self) -> list[str]:
+        out: list[str] = []
+        if isinstance(self.devices, str):
+            if self.devices != "all":
+                out.append(f'devices must be a positive integer or "all" (got {self.devices!r}).')
+        elif not 1 <= self.devices <= 1024:
+            out.append("devices must be between 1 and 1024 (processes per machine).")
+        if not 1 <= self.nodes <= 1024:
+            out.append("nodes must be between 1 and 1024 (machines).")
+        if self.devices == 1 and self.nodes == 1:
+            return out
+        if self.strategy == "probe":
+            out.append(
+                "The probe strategy trains on one device (it is quick already): choose "
+                "devices=1 and nodes=1, or another strategy."
+            )
+        if self.device == "mps" or self.device.startswith("cuda:"):
+            out.append(
+                "With several devices each process takes the GPU of its local rank: choose "
+                "device auto or cuda (or cpu for CPU worker processes)."
+            )
+        if isinstance(self.batch_size, int) and isinstance(self.devices, int):
+            ranks = self.devices * self.nodes
+            if self.batch_size < 2 * ranks:
+                out.append(
+                    f"batch_size is split across {ranks} processes and each needs at least 2 "
+                    f"images: choose batch_size of at least {2 * ranks}."
+                )
         return out
 
     def validate(self) -> RunConfig:
@@ -184,9 +219,9 @@ class RunConfig:
 
 
 def _coerce(key: str, raw: Any, expected: type) -> Any:
-    if key == "batch_size":
-        if raw == "auto":
-            return "auto"
+    if key in ("batch_size", "devices"):
+        if raw == ("auto" if key == "batch_size" else "all"):
+            return raw
         if isinstance(raw, bool):
             raise TypeError
         return int(raw)

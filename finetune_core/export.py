@@ -421,7 +421,7 @@ def _requirements(fmt: str, custom: bool) -> str:
         return "onnxruntime, numpy and Pillow"
     if fmt == "checkpoint" and not custom:
         return "torch, torchvision and Pillow"
-    return "torch and Pillow"
+    return "torch, numpy and Pillow"
 
 
 def _one_line(text: str) -> str:

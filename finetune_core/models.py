@@ -310,9 +310,12 @@ def build_classifier(
         path = imagenet_weights_path(arch)
         if not path.is_file():
             download_imagenet_weights(arch, progress)
-        report = apply_state_dict(model, read_state_dict(path), arch, source="imagenet")
-        report.message = report.message.replace("from imagenet", f"from {path.name} (ImageNet)")
-        return model, report
+        try:
+            state = read_state_dict(path)
+        except WeightsError as exc:
+            raise WeightsError(f"{exc} Delete {path} to download it again.") from exc
+        label = f"{path.name} (ImageNet)"
+        return model, apply_state_dict(model, state, arch, source="imagenet", label=label)
     if not Path(weights_str).is_file():
         raise WeightsError(
             f"Weights must be 'imagenet', 'none' or the path of a .pt/.pth (or .pt2) file; "

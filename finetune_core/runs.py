@@ -135,8 +135,12 @@ class RunFolder:
         from finetune_core.store import Workspace
 
         if workspace is None:
-            root = self.info.get("workspace")
-            workspace = Workspace(root) if root else Workspace(self.path.parent.parent)
+            root = self.info.get("workspace") or self.path.parent.parent
+            if not (Path(root) / "workspace.db").exists():
+                raise RunError(
+                    "Cannot find the workspace that holds this run's dataset; pass --workspace."
+                )
+            workspace = Workspace(root)
         try:
             return load_dataset(workspace, self.config.dataset)
         except DatasetNotFound as exc:

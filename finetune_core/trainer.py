@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from finetune_core import device as devices
+from finetune_core import distributed
 from finetune_core.callbacks import Callback, EarlyStopping, MetricsLogger
 from finetune_core.checkpoint import load_checkpoint, save_checkpoint
 from finetune_core.config import RunConfig
@@ -115,6 +116,9 @@ class Trainer:
         self._lr = 0.0
         self._fit_start = time.monotonic()
         self._seconds_before = 0.0
+        # torchrun ranks: DDP model, sharded batches, rank 0 alone writes files
+        self.dist = distributed.current()
+        self._ddp: nn.Module | None = None
 
     # ------------------------------------------------------------------ events
     def _emit(self, hook: str, logs: dict[str, Any]) -> None:
@@ -131,8 +135,8 @@ class Trainer:
 
         cfg = self.cfg
         seed_everything(cfg.seed)
-        devices.set_threads(cfg.num_threads)
-        self.device = devices.resolve_device(cfg.device)
+        devices.set_threads(distributed.threads_per_rank(cfg.num_threads, self.dist))
+        self.device = distributed.rank_device(devices.resolve_device(cfg.device), self.dist)
         self.amp_dtype = devices.resolve_precision(cfg.mixed_precision, self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick kernels
@@ -252,7 +256,8 @@ class Trainer:
         logs: dict[str, Any] = {}
         try:
             self._setup()
-            self._load_data()
+            with distributed.local_main_first(self.dist):
+                self._load_data()
             start_epoch, ckpt = self._maybe_resume()
             self._emit("on_fit_start", logs)
             if self.cfg.early_stopping:
@@ -296,11 +301,13 @@ class Trainer:
         last = self.run_dir / "checkpoints" / "last.pt"
         if not self.resume:
             # A fresh run starts with fresh logs.
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            if self.dist.is_main:
+                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
             return 1, None
         if not last.exists():
             self.log("no checkpoint to resume from: starting from the first epoch")
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            if self.dist.is_main:
+                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
             return 1, None
         ckpt = load_checkpoint(last, map_location=self.device)
         self.model.load_state_dict(ckpt["model_state"])
@@ -314,7 +321,8 @@ class Trainer:
         self._fit_start = time.monotonic()
         # metrics.jsonl must hold exactly the epochs the checkpoint knows about
         atomic_lines = "".join(__import__("json").dumps(r) + "\n" for r in self.history)
-        (self.run_dir / "metrics.jsonl").write_text(atomic_lines, encoding="utf-8")
+        if self.dist.is_main:
+            (self.run_dir / "metrics.jsonl").write_text(atomic_lines, encoding="utf-8")
         epoch = int(ckpt["epoch"])
         self.log(f"resumed from epoch {epoch} checkpoint")
         self.events.append(f"resumed after epoch {epoch}")
@@ -326,7 +334,14 @@ class Trainer:
             # On a GPU start big and let the OOM handler halve; on CPU larger batches do not
             # run faster, they only cost memory.
             bs = AUTO_BATCH_GPU_START if self.device.type == "cuda" else AUTO_BATCH_CPU
-        return max(1, min(int(bs), len(self.train_data)))
+        bs = max(1, min(int(bs), len(self.train_data)))
+        if self.dist.enabled and bs < MIN_BATCH_SIZE * self.dist.world_size:
+            raise TrainingError(
+                f"The batch of {bs} is split across {self.dist.world_size} processes and each "
+                f"needs at least {MIN_BATCH_SIZE} images: use a larger batch (and dataset) or "
+                "fewer devices."
+            )
+        return bs
 
     # ------------------------------------------------------------------ network strategies
     def _fit_network(self, start_epoch: int, ckpt: dict[str, Any] | None) -> None:
@@ -337,6 +352,8 @@ class Trainer:
             if last < start_epoch:
                 continue
             self._set_trainable(phase.trainable)
+            if self.dist.enabled:  # DDP registers the trainable set: rebuild it every phase
+                self._ddp = distributed.wrap_model(self.model, self.device)
             opt = build_optimizer(self.cfg, [self.groups[i] for i in phase.trainable], phase.lrs)
             sched = LRSchedule(self.cfg, opt, first, phase.epochs)
             if (
@@ -357,17 +374,24 @@ class Trainer:
                 self._end_epoch(
                     ep, row, phase_index, opt, sched, is_last_phase=last == self.cfg.epochs
                 )
-                if self.stop_event.is_set():
+                if self._stop_now():
                     return
                 if self.stop_reason:
                     self.log(self.stop_reason)
                     return
 
+    def _stop_now(self) -> bool:
+        """The stop flag; with several ranks, set on all of them when any one has it."""
+        if self.dist.enabled and distributed.agree(self.stop_event.is_set(), self.dist):
+            self.stop_event.set()
+        return self.stop_event.is_set()
+
     def _set_trainable(self, trainable: list[int]) -> None:
         for i, params in enumerate(self.groups):
             for p in params:
                 p.requires_grad_(i in trainable)
-        self.frozen_backbone = trainable == [len(self.groups) - 1]
+        # Under DDP the whole model runs through the wrapper, which all-reduces the head's grads.
+        self.frozen_backbone = trainable == [len(self.groups) - 1] and not self.dist.enabled
 
     def _train_mode(self) -> None:
         self.model.train()
@@ -399,6 +423,11 @@ class Trainer:
                 self._handle_oom(exc)
 
     def _handle_oom(self, exc: BaseException) -> None:
+        if self.dist.enabled:  # halving on one rank alone would desynchronise the ranks
+            raise TrainingError(
+                f"Out of memory at batch size {self.batch_size} (split across "
+                f"{self.dist.world_size} processes); choose a smaller batch size or image size."
+            ) from exc
         for p in self.model.parameters():
             p.grad = None
         devices.free_memory(self.device)
@@ -419,7 +448,7 @@ class Trainer:
         steps = self._steps_per_epoch()
         self._train_mode()
         crit_w = self._criterion_weights()
-        gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch + 1_000_003 * self.dist.rank)
         self._running_loss = torch.zeros((), device=dev)
         self._running_n, correct = 0, torch.zeros((), device=dev, dtype=torch.long)
         self._epoch_start = time.monotonic()
@@ -430,8 +459,11 @@ class Trainer:
         order = order.to(images.device)
         for step in range(steps):
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
-            if len(idx) < MIN_BATCH_SIZE and step > 0:
+            if len(idx) < MIN_BATCH_SIZE * self.dist.world_size and step > 0:
                 break  # a trailing single image breaks BatchNorm; it is seen next epoch
+            batch_n = len(idx)
+            if self.dist.enabled:  # every rank draws the same order: each takes its share
+                idx = idx[self.dist.rank :: self.dist.world_size]
             self._lr = sched.at(epoch, step, steps)
             xb = images[idx].to(dev, non_blocking=True)
             yb = labels[idx].to(dev, non_blocking=True)
@@ -444,7 +476,7 @@ class Trainer:
                         feats = self.model.backbone(xb)
                     out = self.model.head(feats.float())
                 else:
-                    out = self.model(xb)
+                    out = (self._ddp or self.model)(xb)
             loss = F.cross_entropy(
                 out.float(), yb, weight=crit_w, label_smoothing=cfg.label_smoothing
             )
@@ -459,14 +491,20 @@ class Trainer:
             self._running_loss += loss.detach() * n
             self._running_n += n
             correct += (out.detach().argmax(1) == yb).sum()
-            self._images_seen += n
+            self._images_seen += batch_n
             self._steps_done_total += 1
             if dev.type == "cpu" or step % 25 == 0 or step == steps - 1:
                 self._check_finite(loss, epoch, step)
             logs.update(step=step + 1)
             self._emit("on_batch_end", logs)
-            if self.stop_event.is_set():
+            if self._stop_now():
                 return None
+        if self.dist.enabled:  # the epoch's numbers over every rank's share
+            loss_sum, seen, hits = distributed.all_sum(
+                [float(self._running_loss), self._running_n, float(correct)], self.dist
+            )
+            self._running_loss, self._running_n = torch.tensor(loss_sum), int(seen)
+            correct = torch.tensor(hits)
         train_loss = float(self._running_loss) / max(1, self._running_n)
         self._check_finite(torch.tensor(train_loss), epoch, steps)
         row = {
@@ -497,9 +535,14 @@ class Trainer:
         self.model.eval()
         total_loss, correct = 0.0, 0
         bs = max(self.batch_size * 2, 64)
-        for start in range(0, len(self.val_data), bs):
-            xb = self.val_data.images[start : start + bs].to(self.device)
-            yb = self.val_data.labels[start : start + bs].to(self.device)
+        images, labels = self.val_data.images, self.val_data.labels
+        if self.dist.enabled:  # rank 0's model everywhere, each rank a share of the images
+            distributed.broadcast_buffers(self.model, self.dist)
+            images = images[self.dist.rank :: self.dist.world_size]
+            labels = labels[self.dist.rank :: self.dist.world_size]
+        for start in range(0, len(labels), bs):
+            xb = images[start : start + bs].to(self.device)
+            yb = labels[start : start + bs].to(self.device)
             xb = normalize(xb, self.mean, self.std)
             if self.cfg.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
@@ -508,6 +551,8 @@ class Trainer:
             total_loss += float(F.cross_entropy(out.float(), yb, reduction="sum"))
             correct += int((out.argmax(1) == yb).sum())
         n = len(self.val_data)
+        if self.dist.enabled:
+            total_loss, correct = distributed.all_sum([total_loss, correct], self.dist)
         return {"val_loss": total_loss / n, "val_accuracy": correct / n}
 
     # ------------------------------------------------------------------ probe strategy
@@ -619,10 +664,11 @@ class Trainer:
             self.early_stopping.on_epoch_end(self, logs)
             row["patience_left"] = logs.get("patience_left")
         ckpt_dir = self.run_dir / "checkpoints"
-        payload = self._checkpoint_payload(epoch, phase_index, opt, sched)
-        if improved:
-            save_checkpoint(ckpt_dir / "best.pt", {**payload, "optimizer_state": None})
-        save_checkpoint(ckpt_dir / "last.pt", payload)
+        if self.dist.is_main:
+            payload = self._checkpoint_payload(epoch, phase_index, opt, sched)
+            if improved:
+                save_checkpoint(ckpt_dir / "best.pt", {**payload, "optimizer_state": None})
+            save_checkpoint(ckpt_dir / "last.pt", payload)
         self._emit("on_epoch_end", logs)
 
     def _checkpoint_payload(self, epoch, phase_index, opt, sched) -> dict[str, Any]:
@@ -654,7 +700,7 @@ class Trainer:
         """Stopped mid-epoch: keep what the last complete epoch saved; save something if nothing was."""
         self.log("stop requested: ending after this batch")
         best = self.run_dir / "checkpoints" / "best.pt"
-        if not best.exists():
+        if distributed.broadcast_flag(not best.exists(), self.dist):  # rank 0's disk decides
             # Nothing saved yet: validate the current weights so the run still has a model.
             epoch = len(self.history)
             row = {
@@ -670,11 +716,14 @@ class Trainer:
             self.best_epoch = epoch or None
             self.best_val_accuracy = row.get("val_accuracy")
             self.best_val_loss = row.get("val_loss")
-            payload = self._checkpoint_payload(epoch, phase_index, opt, sched)
-            save_checkpoint(best, payload)
-            save_checkpoint(self.run_dir / "checkpoints" / "last.pt", payload)
+            if self.dist.is_main:
+                payload = self._checkpoint_payload(epoch, phase_index, opt, sched)
+                save_checkpoint(best, payload)
+                save_checkpoint(self.run_dir / "checkpoints" / "last.pt", payload)
 
     def _write_summary(self) -> None:
+        if not self.dist.is_main:
+            return
         atomic_write_json(
             self.run_dir / "metrics.json",
             {

@@ -10,6 +10,7 @@ would run code when unpickled is refused instead of executed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import http.client
 import os
@@ -169,9 +170,11 @@ def download_imagenet_weights(arch: str, progress: Progress | None = None) -> Pa
         )
     except (OSError, http.client.HTTPException, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
+        original = default_weights(arch).url
+        where = url if url == original else f"{url} (or the original, {original})"
         raise WeightsError(
             f"Could not download the ImageNet weights for {arch} ({reason}). "
-            f"This machine looks offline. Download {dest.name} from {url} on a machine with "
+            f"This machine looks offline. Download {dest.name} from {where} on a machine with "
             f"internet access and copy it into {dest.parent} (that exact file name), then "
             "try again; or choose weights 'none' or a local weights file."
         ) from exc
@@ -244,13 +247,19 @@ def to_classifier_keys(state: dict[str, torch.Tensor], arch: str) -> dict[str, t
 
 
 def apply_state_dict(
-    model: nn.Module, state: dict[str, torch.Tensor], arch: str, source: str
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    arch: str,
+    source: str,
+    label: str | None = None,
 ) -> LoadReport:
     """Load ``state`` (torchvision or Classifier keys) into a Classifier, reporting gaps.
 
     A head of another size is left newly initialised (``replaced_head``); a file whose
-    backbone tensors mostly do not fit raises WeightsError.
+    backbone tensors mostly do not fit raises WeightsError. ``label`` names the file in
+    messages (default: ``source``).
     """
+    label = label or source
     target = model.state_dict()
     state = _best_key_layout(state, arch, target)
     if family_of(arch).fixed_size:
@@ -271,7 +280,7 @@ def apply_state_dict(
         guess = _guess_arch(state, exclude=arch)
         hint = f" It looks like weights for {guess}." if guess else ""
         raise WeightsError(
-            f"{Path(source).name} looks like weights for a different architecture: only "
+            f"{Path(label).name} looks like weights for a different architecture: only "
             f"{matched} of {len(backbone_keys)} {arch} backbone tensors match by name and "
             f"shape.{hint} Choose the matching model, or another weights file."
         )
@@ -284,7 +293,7 @@ def apply_state_dict(
     # The head is expected to be new when the file has another one; report only real gaps.
     missing = [k for k in missing if k not in head_keys]
     mismatched_body = [k for k in mismatched if k not in head_keys]
-    parts = [f"Loaded {matched} of {len(backbone_keys)} backbone tensors from {source}."]
+    parts = [f"Loaded {matched} of {len(backbone_keys)} backbone tensors from {label}."]
     if replaced_head:
         file_head = state.get("head.1.weight")
         if file_head is not None:
@@ -359,13 +368,22 @@ def _guess_arch(state: dict[str, torch.Tensor], exclude: str) -> str | None:
     for name in ZOO:
         if name == exclude:
             continue
-        net = build_torchvision(name)
-        strip_head(net, name)
-        ref = {"backbone." + k: v.shape for k, v in net.state_dict().items()}
+        ref = _backbone_shapes(name)
         score = sum(1 for k, s in ref.items() if k in state and state[k].shape == s) / len(ref)
         if score >= best_score:
             best, best_score = name, score
     return best
+
+
+@functools.cache
+def _backbone_shapes(arch: str) -> dict[str, torch.Size]:
+    try:  # on the meta device: shapes without allocating or initialising anything
+        with torch.device("meta"):
+            net = build_torchvision(arch)
+    except (NotImplementedError, RuntimeError):  # regnet computes its widths with real tensors
+        net = build_torchvision(arch)
+    strip_head(net, arch)
+    return {"backbone." + k: v.shape for k, v in net.state_dict().items()}
 
 
 # ------------------------------------------------------------------- .pt2 backbones

@@ -10,6 +10,13 @@ import pandas as pd
 import streamlit as st
 
 from finetune_core import charts
+from finetune_core.access import (
+    PermissionDenied,
+    can_modify,
+    can_start,
+    guarded_delete_dataset,
+    guarded_rename_dataset,
+)
 from finetune_core.data import (
     DatasetNotFound,
     IngestError,
@@ -37,7 +44,7 @@ from ui.components import (
     pick_dataset,
     thumbnail_grid,
 )
-from ui.services import allow_server_paths, current_user, get_workspace
+from ui.services import allow_server_paths, current_user, get_workspace, public, user
 
 ws = get_workspace()
 GALLERY_PAGE = 24
@@ -64,7 +71,7 @@ def run_ingest(source: object, name: str, split: SplitSpec) -> None:
             )
         except IngestError as exc:
             status.update(label="Import failed", state="error")
-            st.error(str(exc), icon=":material/error:")
+            st.error(public(str(exc)), icon=":material/error:")
             return
         except Exception as exc:  # a bug, not bad input: still a readable message
             status.update(label="Import failed", state="error")
@@ -99,6 +106,9 @@ def default_name(hint: str) -> str:
 
 
 def import_section() -> None:
+    if not can_start(user()):
+        st.info("Sign in to add datasets.", icon=":material/lock:")
+        return
     has_data = bool(ws.list_datasets())
     with st.expander("Add a dataset", expanded=not has_data, icon=":material/add_photo_alternate:"):
         name_col, val_col, test_col, seed_col = st.columns([3, 1, 1, 1])
@@ -228,7 +238,7 @@ def csv_tab(name: str, split: SplitSpec) -> None:
                 [(f.name, f.getvalue()) for f in images],
             )
         except IngestError as exc:
-            st.error(str(exc), icon=":material/error:")
+            st.error(public(str(exc)), icon=":material/error:")
             return
         try:
             run_ingest(staged.source, name.strip() or default_name(csv_file.name), split)
@@ -239,8 +249,9 @@ def csv_tab(name: str, split: SplitSpec) -> None:
 def server_tab(name: str, split: SplitSpec) -> None:
     if not allow_server_paths():
         st.info(
-            "Importing from a folder on the server is switched off. An administrator can allow "
-            "it by setting `FINETUNE_ALLOW_SERVER_PATHS=1` (environment or `secrets.toml`).",
+            "Importing from a folder on the server is switched off. An admin can allow it with "
+            "`FINETUNE_ALLOW_SERVER_PATHS=1` in the environment, or `allow_server_paths = true` "
+            "under `[access]` in `.streamlit/secrets.toml`.",
             icon=":material/lock:",
         )
         return
@@ -357,16 +368,25 @@ def gallery_section(dataset: Dataset) -> None:
 
 def manage_section(dataset: Dataset) -> None:
     st.subheader("Manage")
+    me = user()
+    allowed = can_modify(me, dataset.record)
+    if not allowed:
+        owner = dataset.record.creator or "its creator"
+        st.caption(f"Only {esc(owner)} or an admin can rename or delete this dataset.")
     left, right = st.columns(2, gap="medium")
     with left, st.container(border=True):
-        new_name = st.text_input("Rename to", value=dataset.name, key=f"rename_{dataset.id}")
-        if st.button("Rename", key=f"rename_go_{dataset.id}", icon=":material/edit:"):
+        new_name = st.text_input(
+            "Rename to", value=dataset.name, key=f"rename_{dataset.id}", disabled=not allowed
+        )
+        if st.button(
+            "Rename", key=f"rename_go_{dataset.id}", icon=":material/edit:", disabled=not allowed
+        ):
             try:
                 if new_name.strip() != dataset.name and ws.find_dataset_by_name(new_name.strip()):
                     raise StoreError(f"A dataset named {new_name.strip()!r} already exists.")
-                ws.rename_dataset(dataset.id, new_name)
-            except StoreError as exc:
-                st.error(str(exc))
+                guarded_rename_dataset(ws, me, dataset.id, new_name)
+            except (StoreError, PermissionDenied) as exc:
+                st.error(public(str(exc)))
             else:
                 st.session_state["data_flash"] = f"Renamed to {new_name.strip()}."
                 st.rerun()
@@ -382,14 +402,22 @@ def manage_section(dataset: Dataset) -> None:
                 else "No runs use it."
             )  # fmt: skip
         )
-        confirm = st.checkbox("Yes, delete it and its images", key=f"delete_confirm_{dataset.id}")
+        confirm = st.checkbox(
+            "Yes, delete it and its images",
+            key=f"delete_confirm_{dataset.id}",
+            disabled=not allowed,
+        )
         if st.button(
             "Delete dataset",
             key=f"delete_go_{dataset.id}",
             icon=":material/delete:",
-            disabled=not confirm,
+            disabled=not (confirm and allowed),
         ):
-            ws.delete_dataset(dataset.id)
+            try:
+                guarded_delete_dataset(ws, me, dataset.id)
+            except (StoreError, PermissionDenied) as exc:
+                st.error(public(str(exc)))
+                return
             st.session_state.pop("data_dataset", None)
             st.query_params.pop("dataset", None)
             st.session_state["data_flash"] = f"Deleted {dataset.name}."
@@ -412,7 +440,7 @@ def dataset_section() -> None:
     try:
         dataset = load_dataset(ws, record.id)
     except DatasetNotFound as exc:
-        st.error(str(exc))
+        st.error(public(str(exc)))
         return
     st.divider()
     with st.container(horizontal=True, vertical_alignment="center"):

@@ -32,7 +32,7 @@ from ui.components import (
     status_badge,
     thumbnail_grid,
 )
-from ui.services import get_workspace, load_model, predictions
+from ui.services import get_workspace, load_model, predictions, public
 
 ws = get_workspace()
 CELL_PAGE = 24
@@ -91,7 +91,7 @@ def evaluate_now() -> None:
             evaluate_run(folder, workspace=ws, cache_dir=ws.cache_dir, progress=st.write)
         except RunError as exc:
             status.update(label="Evaluation failed", state="error")
-            st.error(str(exc))
+            st.error(public(str(exc)))
             return
         except Exception as exc:
             status.update(label="Evaluation failed", state="error")
@@ -197,7 +197,7 @@ cards = [
 ]
 for k, value in sorted((metrics.get("top_k") or {}).items()):
     cards.append(Metric(f"Top-{k.removeprefix('top')} accuracy", fmt_pct(value)))
-metric_row(cards, per_row=4)
+metric_row(cards, per_row=3 if len(cards) in (5, 6) else 4)
 preds = [p for p in predictions(folder.path) if p.get("split") == split]
 if preds and len({p["pred"] for p in preds}) == 1 and len(class_names) > 1:
     st.warning(

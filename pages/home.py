@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from finetune_core.access import can_start
 from finetune_core.data import IngestError, create_demo_dataset
 from finetune_core.device import device_info
 from finetune_core.jobs import JobError
@@ -17,7 +18,7 @@ from ui.components import (
     metric_row,
     status_badge,
 )
-from ui.services import current_user, get_job_manager, get_workspace, imagenet_cached
+from ui.services import current_user, get_job_manager, get_workspace, imagenet_cached, user
 
 ws = get_workspace()
 manager = get_job_manager()
@@ -88,9 +89,17 @@ with left, st.container(border=True, height="stretch"):
         "on a CPU — and opens the live training view."
     )
     with st.container(horizontal=True):
-        if st.button("Train a quick demo model", type="primary", icon=":material/bolt:"):
+        signed_in = can_start(user())
+        if st.button(
+            "Train a quick demo model",
+            type="primary",
+            icon=":material/bolt:",
+            disabled=not signed_in,
+        ):
             start_demo(train=True)
-        if st.button("Set up a run on the demo data", icon=":material/tune:"):
+        if st.button(
+            "Set up a run on the demo data", icon=":material/tune:", disabled=not signed_in
+        ):
             start_demo(train=False)
 with right, st.container(border=True, height="stretch"):
     st.subheader(":material/photo_library: Use your own images")

@@ -5,6 +5,15 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from finetune_core.access import (
+    PermissionDenied,
+    can_modify,
+    can_start,
+    guarded_delete_run,
+    guarded_rename_run,
+    guarded_resume,
+    guarded_stop,
+)
 from finetune_core.jobs import JobError
 from finetune_core.store import RunRecord, RunStatus, StoreError
 from ui.components import (
@@ -16,7 +25,7 @@ from ui.components import (
     status_badge,
     status_label,
 )
-from ui.services import current_user, get_job_manager, get_workspace
+from ui.services import current_user, get_job_manager, get_workspace, public, user
 
 ws = get_workspace()
 manager = get_job_manager()
@@ -141,12 +150,16 @@ if not shown:
 st.subheader("Selected run")
 run = pick_run(shown, key="runs_run")
 assert run is not None
+me = user()
+allowed = can_modify(me, run)
+why = None if allowed else f"Only {run.creator or 'its creator'} or an admin can change this run."
 with st.container(border=True):
     with st.container(horizontal=True, vertical_alignment="center"):
         st.markdown(f"**{esc(run.name or run.id)}**")
         status_badge(run.status)
+        st.caption(f"by {esc(run.creator)}" if run.creator else "")
     if run.error:
-        st.caption(esc(run.error))
+        st.caption(esc(public(run.error)))
     with st.container(horizontal=True):
         has_model = (ws.run_dir(run.id) / "checkpoints" / "best.pt").exists()
         if has_model and run.status not in RunStatus.ACTIVE:
@@ -157,53 +170,64 @@ with st.container(border=True):
         st.page_link("pages/training.py", label="Training view", icon=":material/monitoring:",
                      query_params={"run": run.id})  # fmt: skip
         if st.button("Re-run", icon=":material/replay:", key="runs_rerun",
+                     disabled=not can_start(me),
                      help="Queue a new run with the same settings."):  # fmt: skip
             try:
                 new_id = manager.rerun(run.id, creator=current_user())
             except JobError as exc:
-                st.error(str(exc))
+                st.error(public(str(exc)))
             else:
                 st.switch_page("pages/training.py", query_params={"run": new_id})
         if run.status in RunStatus.RESUMABLE and st.button(
-            "Resume", icon=":material/play_arrow:", key="runs_resume",
-            help="Continue from the last checkpoint.",
+            "Resume", icon=":material/play_arrow:", key="runs_resume", disabled=not allowed,
+            help=why or "Continue from the last checkpoint.",
         ):  # fmt: skip
             try:
-                manager.resume(run.id)
-            except JobError as exc:
+                guarded_resume(manager, ws, me, run.id)
+            except (JobError, PermissionDenied, StoreError) as exc:
                 st.error(str(exc))
             else:
                 st.switch_page("pages/training.py", query_params={"run": run.id})
         if run.status == RunStatus.QUEUED and st.button(
-            "Cancel", icon=":material/cancel:", key="runs_cancel"
+            "Cancel", icon=":material/cancel:", key="runs_cancel", disabled=not allowed, help=why
         ):
-            manager.stop(run.id)
-            st.rerun()
+            try:
+                guarded_stop(manager, ws, me, run.id)
+            except (PermissionDenied, StoreError) as exc:
+                st.error(str(exc))
+            else:
+                st.rerun()
 
     left, right = st.columns(2, gap="medium")
     with left:
-        new_name = st.text_input("Name", value=run.name, key=f"runs_name_{run.id}")
-        if st.button("Rename", icon=":material/edit:", key="runs_rename"):
-            if not new_name.strip():
-                st.error("A run name cannot be empty.")
+        new_name = st.text_input(
+            "Name", value=run.name, key=f"runs_name_{run.id}", disabled=not allowed
+        )
+        if st.button("Rename", icon=":material/edit:", key="runs_rename", disabled=not allowed,
+                     help=why):  # fmt: skip
+            try:
+                if not new_name.strip():
+                    raise StoreError("A run name cannot be empty.")
+                guarded_rename_run(ws, me, run.id, new_name)
+            except (PermissionDenied, StoreError) as exc:
+                st.error(str(exc))
             else:
-                ws.rename_run(run.id, new_name)
                 st.rerun()
     with right:
         running = run.status == RunStatus.RUNNING or manager.running() == run.id
         confirm = st.checkbox(
             "Yes, delete this run, its model and its report",
             key=f"runs_delete_confirm_{run.id}",
-            disabled=running,
-            help="Stop the run first." if running else None,
+            disabled=running or not allowed,
+            help="Stop the run first." if running else why,
         )
         if st.button("Delete run", icon=":material/delete:", key="runs_delete",
-                     disabled=not confirm or running):  # fmt: skip
+                     disabled=not confirm or running or not allowed):  # fmt: skip
             try:
                 if run.status == RunStatus.QUEUED:
-                    manager.stop(run.id)
-                ws.delete_run(run.id)
-            except StoreError as exc:
+                    guarded_stop(manager, ws, me, run.id)
+                guarded_delete_run(ws, me, run.id)
+            except (PermissionDenied, StoreError) as exc:
                 st.error(str(exc))
             else:
                 st.session_state.pop("runs_run", None)

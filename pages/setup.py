@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from finetune_core import charts
+from finetune_core.access import can_start
 from finetune_core.config import (
     AUGMENTATIONS,
     CLASS_BALANCE,
@@ -34,7 +35,9 @@ from ui.services import (
     current_user,
     get_job_manager,
     get_workspace,
+    public,
     uploads_dir,
+    user,
 )
 
 ws = get_workspace()
@@ -155,7 +158,7 @@ record = pick_dataset(records, key="setup_dataset")
 try:
     dataset: Dataset = load_dataset(ws, record.id)
 except DatasetNotFound as exc:
-    st.error(str(exc))
+    st.error(public(str(exc)))
     st.stop()
 train_count = len(dataset.rows("train"))
 if dataset.health.blocks_training:
@@ -250,7 +253,7 @@ with weights_col:
     if not allow_custom_backbones():
         st.caption(
             "Custom `.pt2` backbones are off; an administrator can allow them with "
-            "`FINETUNE_ALLOW_CUSTOM_BACKBONE=1`."
+            "`FINETUNE_ALLOW_CUSTOM_BACKBONES=1`."
         )
 with model_col:
     if source == "custom":
@@ -286,7 +289,7 @@ def weights_upload(kind: str, suffixes: tuple[str, ...]) -> str | None:
                 save_weights_upload(uploads_dir(), upload.name, upload.getvalue(), suffixes)
             )
         except ValueError as exc:
-            st.error(str(exc))
+            st.error(public(str(exc)))
             return None
     return saved[upload.file_id]
 
@@ -317,7 +320,7 @@ with weights_col:
                 try:
                     download_imagenet_weights(model_name, on_bytes)
                 except WeightsError as exc:
-                    st.error(str(exc))
+                    st.error(public(str(exc)))
                 else:
                     architectures.clear()
                     st.rerun()
@@ -452,7 +455,7 @@ with st.expander("Advanced settings", icon=":material/settings:"):
         try:
             uploaded = RunConfig.from_json(loaded.getvalue().decode("utf-8", "replace"))
         except ConfigError as exc:
-            st.error(str(exc))
+            st.error(public(str(exc)))
         else:
             st.session_state["config_loaded"] = loaded.file_id
             st.session_state["setup_pending_config"] = uploaded.to_dict()
@@ -569,6 +572,12 @@ if found:
             on_click=set_lr,
             args=(result.suggested,),
         )
+    if result.suggested and result.suggested < 1e-5:
+        st.warning(
+            "The loss hardly fell before it rose, so this suggestion is unreliable (common "
+            "without pretrained weights or with very few images). Keep the preset's rate.",
+            icon=":material/warning:",
+        )
     if result.note:
         st.caption(result.note)
 
@@ -598,12 +607,14 @@ with st.expander("Equivalent command line and config file", icon=":material/term
         mime="application/json",
         icon=":material/download:",
     )
+if not can_start(user()):
+    st.info("Sign in to start runs.", icon=":material/lock:")
 if st.button(
     "Start training",
     type="primary",
     icon=":material/play_arrow:",
     key="start",
-    disabled=bool(problems) or dataset.health.blocks_training,
+    disabled=bool(problems) or dataset.health.blocks_training or not can_start(user()),
 ):
     try:
         run_id = manager.submit(config, creator=current_user())

@@ -12,9 +12,16 @@ import pandas as pd
 import streamlit as st
 
 from finetune_core import charts
+from finetune_core.access import (
+    PermissionDenied,
+    can_modify,
+    can_start,
+    guarded_resume,
+    guarded_stop,
+)
 from finetune_core.callbacks import Progress
 from finetune_core.jobs import JobError
-from finetune_core.store import RunRecord, RunStatus
+from finetune_core.store import RunRecord, RunStatus, StoreError
 from ui.components import (
     Metric,
     error_box,
@@ -26,7 +33,7 @@ from ui.components import (
     pick_run,
     status_badge,
 )
-from ui.services import current_user, get_job_manager, get_workspace
+from ui.services import current_user, get_job_manager, get_workspace, user
 
 POLL_SECONDS = 1.0
 LOG_LINES = 30
@@ -139,20 +146,32 @@ def _on_gpu() -> bool:
 
 
 def controls(record: RunRecord, snap: Progress) -> None:
+    me = user()
+    allowed = can_modify(me, record)
+    why = None if allowed else f"Only {record.creator or 'its creator'} or an admin can do this."
     with st.container(horizontal=True):
         if snap.status == RunStatus.QUEUED or record.status == RunStatus.QUEUED:
-            if st.button("Cancel", icon=":material/cancel:", key="cancel_run",
-                         help="Remove the run from the queue."):  # fmt: skip
-                manager.stop(record.id)
-                st.rerun(scope="app")
+            if st.button("Cancel", icon=":material/cancel:", key="cancel_run", disabled=not allowed,
+                         help=why or "Remove the run from the queue."):  # fmt: skip
+                try:
+                    guarded_stop(manager, ws, me, record.id)
+                except (PermissionDenied, StoreError) as exc:
+                    st.error(str(exc))
+                else:
+                    st.rerun(scope="app")
         elif record.status == RunStatus.RUNNING and st.button(
             "Stop",
             icon=":material/stop:",
             key="stop_run",
-            help="Stop after the current batch; the best checkpoint so far is kept.",
+            disabled=not allowed,
+            help=why or "Stop after the current batch; the best checkpoint so far is kept.",
         ):
-            manager.stop(record.id)
-            st.toast("Stopping after the current batch; the best model is kept.")
+            try:
+                guarded_stop(manager, ws, me, record.id)
+            except (PermissionDenied, StoreError) as exc:
+                st.error(str(exc))
+            else:
+                st.toast("Stopping after the current batch; the best model is kept.")
 
 
 @st.fragment(run_every=POLL_SECONDS if is_active(run.id) else None)
@@ -213,15 +232,24 @@ def final_state(record: RunRecord) -> None:
                 query_params={"run": record.id},
             )
         if record.status in RunStatus.RESUMABLE and st.button(
-            "Resume", icon=":material/play_arrow:", key="resume_run", type="primary"
+            "Resume",
+            icon=":material/play_arrow:",
+            key="resume_run",
+            type="primary",
+            disabled=not can_modify(user(), record),
         ):
             try:
-                manager.resume(record.id)
-            except JobError as exc:
+                guarded_resume(manager, ws, user(), record.id)
+            except (JobError, PermissionDenied, StoreError) as exc:
                 st.error(str(exc))
             else:
                 st.rerun()
-        if st.button("Re-run with the same settings", icon=":material/replay:", key="rerun_run"):
+        if st.button(
+            "Re-run with the same settings",
+            icon=":material/replay:",
+            key="rerun_run",
+            disabled=not can_start(user()),
+        ):
             try:
                 new_id = manager.rerun(record.id, creator=current_user())
             except JobError as exc:

@@ -189,10 +189,18 @@ def drive(base: str, ids: dict[str, str], out: Path) -> None:
         # Evaluation: open the most confused pair (a confusion-matrix cell).
         page.goto(f"{base}/evaluation?run={run}")
         settle(page)
-        pair = page.get_by_role("button", name="→").first
-        if pair.count():
-            pair.click()
+        # Click a cell of the confusion matrix (the transparent scatter point on it).
+        points = page.locator('[data-testid="stPlotlyChart"] .scatterlayer .point')
+        if points.count() >= 2:
+            points.nth(1).click(force=True)
             settle(page)
+        clicked = page.get_by_text("predicted", exact=False).filter(has_text="True ").count()
+        print(f"confusion-matrix click opened a cell: {bool(clicked)}", flush=True)
+        if not clicked:
+            pair = page.get_by_role("button", name="→").first
+            if pair.count():
+                pair.click()
+                settle(page)
         shoot(page, out, "06-evaluation-cell")
         for tab in ("Per class", "Top losses", "ROC & PR", "Calibration", "Training"):
             page.get_by_role("tab", name=tab).click()
@@ -212,6 +220,16 @@ def drive(base: str, ids: dict[str, str], out: Path) -> None:
             page.get_by_role("tab", name="Compare runs").click()
             time.sleep(1.5)
         shoot(page, out, "06-evaluation-tab-compare")
+
+        # Setup: random weights (nothing to download), then the learning-rate finder.
+        page.goto(f"{base}/setup?dataset={dataset}")
+        settle(page)
+        page.get_by_text("None (random initialisation)").click()
+        settle(page)
+        page.get_by_role("button", name="Find a learning rate").click()
+        settle(page, timeout=180)
+        page.get_by_text("Learning-rate finder", exact=True).first.scroll_into_view_if_needed()
+        shoot(page, out, "03-setup-lr-finder")
 
         # Data: the files behind a health warning, with thumbnails.
         page.goto(f"{base}/data?dataset={ids['messy']}")

@@ -162,19 +162,41 @@ def test_home_shows_workspace_counts_and_device(app_ws: Workspace) -> None:
     assert "Training runs on" in texts(at)
 
 
-def test_password_gate_when_a_password_is_set(
+def sign_in(at: AppTest, name: str, password: str) -> AppTest:
+    at.text_input[0].input(name)
+    at.text_input[1].input(password)
+    return at.button[0].click().run()
+
+
+def test_password_mode_signs_in_and_limits_changes_to_the_creator(
     app_ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FINETUNE_PASSWORD", "s3cret")
+    monkeypatch.setenv("FINETUNE_ADMINS", "carol")
+    app_ws.add_run(RunRecord(id="r-20260101-000000-a11c", name="alice's run", creator="alice",
+                             status=RunStatus.FAILED, error="boom"))  # fmt: skip
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert [t.value for t in at.title] == ["Finetune Dashboard"] and not at.metric
-    at.text_input[0].input("wrong")
-    at.button[0].click().run()
-    assert "Wrong password." in texts(at)
-    at.text_input[0].input("s3cret")
-    at.button[0].click().run()
+    sign_in(at, "bob", "wrong")
+    assert any("Wrong password" in e.value for e in at.error)
+    sign_in(at, "bob", "s3cret")
     assert_ok(at)
     assert at.metric, "the home page shows after signing in"
+    assert "Signed in as bob" in [t.value for t in at.sidebar.text]
+
+    at.switch_page("pages/runs.py").run()
+    assert_ok(at)
+    assert at.button(key="runs_delete").disabled and at.button(key="runs_rename").disabled
+    assert "Only alice or an admin can change this run." in at.button(key="runs_rename").help
+    assert at.button(key="runs_rerun").disabled is False  # anyone signed in may start runs
+
+    admin = AppTest.from_file(APP, default_timeout=60).run()
+    sign_in(admin, "Carol", "s3cret")
+    admin.switch_page("pages/runs.py").run()
+    admin.checkbox(key="runs_delete_confirm_r-20260101-000000-a11c").check().run()
+    admin.button(key="runs_delete").click().run()
+    assert_ok(admin)
+    assert app_ws.get_run("r-20260101-000000-a11c") is None
 
 
 # --------------------------------------------------------------------- home -> setup

@@ -322,7 +322,13 @@ def test_a_failed_verification_is_reported_with_numbers(trained, monkeypatch) ->
     ]
 
 
-@pytest.mark.parametrize("arch", ZOO)
+# One small model per family runs by default; the big ones only with the slow tests.
+SMALL = {"resnet18", "mobilenet_v3_small", "efficientnet_b0", "regnet_y_800mf"}
+
+
+@pytest.mark.parametrize(
+    "arch", [a if a in SMALL else pytest.param(a, marks=pytest.mark.slow) for a in ZOO]
+)
 def test_checkpoint_weights_load_into_plain_torchvision(arch) -> None:
     """Every zoo model's renamed state_dict loads strictly into torchvision's own model."""
     size = 32 if family_of(arch).fixed_size else 48

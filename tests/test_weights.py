@@ -105,6 +105,10 @@ def test_planted_imagenet_file_is_used_without_network(torch_home, offline):
     assert not report.replaced_head
     assert torch.equal(same.head[1].weight, planted["fc.weight"])
 
+    path.write_bytes(path.read_bytes()[:1000])  # a broken file in the cache
+    with pytest.raises(WeightsError, match="Delete .*resnet18-f37072fd.pth to download it again"):
+        build_classifier("resnet18", 3, "imagenet")
+
 
 def test_offline_download_names_file_url_and_folder(offline):
     with pytest.raises(WeightsError) as exc:
@@ -114,6 +118,7 @@ def test_offline_download_names_file_url_and_folder(offline):
     assert "resnet18-f37072fd.pth" in msg
     assert str(folder) in msg
     assert f"{offline}/resnet18-f37072fd.pth" in msg
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in msg
     assert "offline" in msg
     assert not folder.exists() or list(folder.iterdir()) == []
 
@@ -219,7 +224,12 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
     with pytest.raises(WeightsError) as exc:
         build_classifier("resnet18", 3, str(path))
     msg = str(exc.value)
-    assert "different architecture" in msg and "mobilenet_v3_small" in msg
+    assert "different architecture" in msg and "It looks like weights for mobilenet_v3_small" in msg
+    odd = tmp_path / "odd.pth"
+    torch.save({"encoder.w": torch.zeros(4, 4), "decoder.w": torch.zeros(4)}, odd)
+    with pytest.raises(WeightsError, match="only 0 of 120 resnet18 backbone tensors") as exc:
+        build_classifier("resnet18", 3, str(odd))
+    assert "It looks like" not in str(exc.value)
 
 
 def test_not_a_checkpoint_and_truncated_files(tmp_path):
@@ -261,6 +271,21 @@ def test_code_in_a_pickle_is_not_run(tmp_path):
     # The payload is live: an unsafe load would have run it.
     torch.load(path, weights_only=False)
     assert marker.exists()
+
+
+@pytest.mark.slow
+def test_vit_weights_at_another_image_size_are_interpolated(tmp_path):
+    big, _ = build_classifier("vit_b_16", 3, "none")
+    path = tmp_path / "vit224.pth"
+    torch.save(big.state_dict(), path)
+    small, report = build_classifier("vit_b_16", 3, str(path), image_size=64)
+    pos = small.backbone.encoder.pos_embedding
+    assert pos.shape == (1, 1 + (64 // 16) ** 2, 768)
+    assert report.missing_keys == report.mismatched_keys == report.unexpected_keys == []
+    assert not report.replaced_head
+    assert torch.equal(small.backbone.conv_proj.weight, big.backbone.conv_proj.weight)
+    # the class token's position is kept; the 14x14 grid is resampled to 4x4
+    assert torch.equal(pos[:, 0], big.backbone.encoder.pos_embedding[:, 0])
 
 
 # --------------------------------------------------------------- .pt2 backbones

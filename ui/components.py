@@ -134,14 +134,17 @@ def metric_row(metrics: Sequence[Metric], per_row: int = 6) -> None:
 
 
 def error_box(message: str, exc: BaseException | None = None, details: str | None = None) -> None:
-    """A readable error, with the technical detail folded away."""
-    st.error(message, icon=":material/error:")
+    """A readable error, with the technical detail folded away (server paths hidden from
+    users who are not admins)."""
+    from ui.services import public
+
+    st.error(public(message), icon=":material/error:")
     text = details
     if text is None and exc is not None:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     if text:
         with st.expander("Details"):
-            st.code(text, language="text")
+            st.code(public(text), language="text")
 
 
 def not_available(feature: str, exc: BaseException | None = None) -> None:

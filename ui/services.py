@@ -12,11 +12,12 @@ from pathlib import Path
 
 import streamlit as st
 
+from finetune_core.access import User, public_error
 from finetune_core.jobs import JobManager
 from finetune_core.postrun import DEFAULT_HOOKS
 from finetune_core.store import Workspace
-
-TRUE = ("1", "true", "yes", "on")
+from ui.auth import access_settings
+from ui.auth import current_user as auth_current_user
 
 
 def setting(name: str, default: str = "") -> str:
@@ -32,16 +33,12 @@ def setting(name: str, default: str = "") -> str:
     return default
 
 
-def flag(name: str) -> bool:
-    return setting(name).strip().lower() in TRUE
-
-
 def allow_server_paths() -> bool:
-    return flag("FINETUNE_ALLOW_SERVER_PATHS")
+    return access_settings().allow_server_paths
 
 
 def allow_custom_backbones() -> bool:
-    return flag("FINETUNE_ALLOW_CUSTOM_BACKBONE")
+    return access_settings().allow_custom_backbones
 
 
 def workspace_root() -> Path:
@@ -77,14 +74,19 @@ def uploads_dir() -> Path:
     return folder
 
 
+def user() -> User:
+    """The signed-in user (see ui.auth; in open mode everybody is an admin)."""
+    return auth_current_user()
+
+
 def current_user() -> str:
-    """Who is using the app: the signed-in user, else the name typed in the sidebar."""
-    try:
-        if st.user.get("is_logged_in"):
-            return str(st.user.get("name") or st.user.get("email") or "")
-    except Exception:  # st.user is unavailable outside a session
-        pass
-    return str(st.session_state.get("user_name", "")).strip()
+    """The name recorded as creator of what this user makes."""
+    return user().name
+
+
+def public(message: str) -> str:
+    """An error message fit for this user: server paths hidden from non-admins."""
+    return public_error(message, user(), roots=[str(workspace_root())])
 
 
 @st.cache_data(ttl=60, show_spinner=False)
