@@ -9,8 +9,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from finetune_core.config import ConfigError, RunConfig
+
+if TYPE_CHECKING:
+    from finetune_core.distributed import DistContext
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -133,7 +137,7 @@ def run_train(args: argparse.Namespace) -> int:
         distributed.teardown(ctx)
 
 
-def _train(args: argparse.Namespace, config: RunConfig, ctx) -> int:
+def _train(args: argparse.Namespace, config: RunConfig, ctx: DistContext) -> int:
     """Train in this process: the whole run, or this rank's part under torchrun."""
     from finetune_core import distributed
     from finetune_core.callbacks import ConsoleProgress, MetricsLogger
@@ -150,6 +154,8 @@ def _train(args: argparse.Namespace, config: RunConfig, ctx) -> int:
         dataset = dataset or _resolve_dataset(workspace, dataset_id)
     except SystemExit as exc:
         print(exc, file=sys.stderr)
+        if ctx.enabled:
+            distributed.record_error(ctx, args.out, exc)
         return 2
     config = config.replace(dataset=dataset.id)
     out: Path = args.out

@@ -225,7 +225,7 @@ def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=True)
+    return DistributedDataParallel(model, device_ids=device_ids)
 
 
 def broadcast_buffers(model: torch.nn.Module, ctx: DistContext) -> None:
@@ -238,19 +238,21 @@ def broadcast_buffers(model: torch.nn.Module, ctx: DistContext) -> None:
 
 # ---------------------------------------------------------------------- stop signals
 @contextlib.contextmanager
-def stop_on_signals(stop_event: threading.Event) -> Iterator[None]:
+def stop_on_signals(stop_event: threading.Event, *, second_ends: bool = False) -> Iterator[None]:
     """SIGTERM/SIGINT set ``stop_event`` (finish the batch, keep the best checkpoint).
 
-    A second signal restores the default behaviour, so a stuck process can still be ended.
-    Only usable from the main thread.
+    Ranks keep handling repeats (torchrun may signal twice, and SIGKILLs after its grace
+    period); with ``second_ends`` a second signal gets the previous behaviour back, so a
+    second Ctrl-C ends a launcher at once. Only usable from the main thread.
     """
     sigs = (signal.SIGTERM, signal.SIGINT)
     previous = {s: signal.getsignal(s) for s in sigs}
 
     def handler(signum: int, frame: Any) -> None:
         stop_event.set()
-        for s in sigs:
-            signal.signal(s, previous[s])
+        if second_ends:
+            for s in sigs:
+                signal.signal(s, previous[s])
 
     for s in sigs:
         signal.signal(s, handler)
@@ -796,7 +798,7 @@ def launch_from_cli(
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"launched {run.nproc} process(es) per machine on {config.nodes} machine(s)", flush=True)
-    with stop_on_signals(stop):
+    with stop_on_signals(stop, second_ends=True):
         try:
             while run.poll() is None:
                 run.track()

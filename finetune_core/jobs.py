@@ -7,6 +7,7 @@ write into a lock-guarded LiveState per run, and pages read frozen snapshots.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import traceback
@@ -93,6 +94,10 @@ class JobManager:
             config.validate()
         except ConfigError as exc:
             raise JobError(str(exc)) from exc
+        if config.nodes != 1:
+            from finetune_core.distributed import MULTI_NODE_FROM_CLI
+
+            raise JobError(MULTI_NODE_FROM_CLI)
         try:
             dataset = load_dataset(self.workspace, config.dataset)
         except DatasetNotFound as exc:
@@ -240,8 +245,8 @@ class JobManager:
                     self._jobs.pop(run_id, None)
 
     def _execute(self, job: _Job) -> None:
+        from finetune_core import distributed
         from finetune_core.data import load_dataset
-        from finetune_core.trainer import Trainer
 
         ws, run_id = self.workspace, job.run_id
         if not ws.transition_run(
@@ -254,30 +259,18 @@ class JobManager:
             config = RunConfig.from_dict(run.config)
             dataset = load_dataset(ws, config.dataset)
             run_dir = ws.run_dir(run_id)
-            callbacks: list[Callback] = [
-                MetricsLogger(run_dir / "metrics.jsonl"),
-                ProgressReporter(job.state),
-                _StoreEpochs(ws, run_id),
-            ]
-            if self.extra_callbacks:
-                callbacks.extend(self.extra_callbacks(run_id))
-            write_run_info(run_dir, config, dataset)
-            trainer = Trainer(
-                config,
-                dataset,
-                run_dir,
-                ws.cache_dir,
-                callbacks=callbacks,
-                stop_event=job.stop,
-                resume=job.resume,
-            )
-            result = trainer.fit()
+            if distributed.is_multi_process(config):
+                write_run_info(run_dir, config, dataset)
+                result = self._execute_distributed(job, config, run_dir)
+            else:
+                result = self._execute_in_thread(job, config, dataset, run_dir)
         except BaseException as exc:  # every failure ends the run as FAILED, with the reason
             ws.update_run(
                 run_id,
                 status=RunStatus.FAILED,
                 error=_describe(exc),
-                traceback=traceback.format_exc(),
+                # a failed rank's own traceback beats the manager's
+                traceback=getattr(exc, "details", "") or traceback.format_exc(),
                 finished_at=utc_now(),
             )
             job.state.update(status=RunStatus.FAILED)
@@ -306,6 +299,53 @@ class JobManager:
                 )
         ws.update_run(run_id, finished_at=utc_now())
         job.state.log(f"finished: {result.status}")
+
+    def _execute_in_thread(self, job: _Job, config: RunConfig, dataset: Any, run_dir: Path) -> Any:
+        """The single-process path: the Trainer runs in this worker thread."""
+        from finetune_core.trainer import Trainer
+
+        ws, run_id = self.workspace, job.run_id
+        callbacks: list[Callback] = [
+            MetricsLogger(run_dir / "metrics.jsonl"),
+            ProgressReporter(job.state),
+            _StoreEpochs(ws, run_id),
+        ]
+        if self.extra_callbacks:
+            callbacks.extend(self.extra_callbacks(run_id))
+        write_run_info(run_dir, config, dataset)
+        trainer = Trainer(
+            config,
+            dataset,
+            run_dir,
+            ws.cache_dir,
+            callbacks=callbacks,
+            stop_event=job.stop,
+            resume=job.resume,
+        )
+        return trainer.fit()
+
+    def _execute_distributed(self, job: _Job, config: RunConfig, run_dir: Path) -> Any:
+        """Several processes: torchrun in a subprocess; live progress from its progress.json.
+
+        In-process callbacks (``extra_callbacks``) cannot follow a run in other processes.
+        """
+        from finetune_core import distributed
+
+        def store_epochs(progress: Progress) -> None:
+            with contextlib.suppress(StoreError):
+                self.workspace.update_run(
+                    job.run_id,
+                    epochs_run=len(progress.history),
+                    best_epoch=progress.best_epoch,
+                    best_val_accuracy=progress.best_metric,
+                )
+
+        launched = distributed.launch(
+            run_dir, config, workspace=self.workspace.root, resume=job.resume
+        )
+        job.state.log(f"launched torchrun: {launched.nproc} processes (pid {launched.pid})")
+        relay = distributed.ProgressRelay(job.state, on_epoch=store_epochs)
+        return distributed.supervise(launched, job.stop, relay)
 
 
 class _StoreEpochs(Callback):

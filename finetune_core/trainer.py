@@ -9,6 +9,7 @@ stopped, crashed or killed run keeps its best model and can resume.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import threading
@@ -570,7 +571,17 @@ class Trainer:
         if self.stop_event.is_set():
             self._on_stop(0, None, None)
             return
+        # Standardise features for training (a frozen network's features can be tiny or
+        # huge); checkpoints hold the head with the scaling folded in, so nothing else changes.
+        mu, sigma = feature_scaling(train_feats)
+        train_feats = (train_feats - mu) / sigma
+        if len(val_feats):
+            val_feats = (val_feats - mu) / sigma
         head = self.model.head
+        linear = head[-1]
+        mu, sigma = mu.to(self.device), sigma.to(self.device)
+        if ckpt is not None:
+            unfold_scaling(linear, mu, sigma)
         phase = self._phases()[0]
         steps = max(1, -(-len(train_feats) // self.batch_size))
         opt = build_optimizer(cfg, [list(head.parameters())], phase.lrs)
@@ -605,7 +616,8 @@ class Trainer:
                 logs.update(step=step + 1)
                 self._emit("on_batch_end", logs)
                 if self.stop_event.is_set():
-                    self._on_stop(0, opt, sched)
+                    with folded_scaling(linear, mu, sigma):
+                        self._on_stop(0, opt, sched)
                     return
             row = {
                 "epoch": epoch,
@@ -619,7 +631,8 @@ class Trainer:
                 / max(1e-9, time.monotonic() - self._epoch_start),
             }
             row.update(self._validate_features(val_feats, val_labels))
-            self._end_epoch(epoch, row, 0, opt, sched, is_last_phase=True)
+            with folded_scaling(linear, mu, sigma):
+                self._end_epoch(epoch, row, 0, opt, sched, is_last_phase=True)
             if self.stop_reason:
                 self.log(self.stop_reason)
                 return
@@ -773,6 +786,35 @@ class Trainer:
             "patience_left": (es.patience - es.bad_epochs) if es else None,
             "batch_size": getattr(self, "batch_size", None),
         }
+
+
+def feature_scaling(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and standard deviation (1 where a dimension is constant)."""
+    mu = features.mean(0)
+    sigma = features.std(0) if len(features) > 1 else torch.ones_like(mu)
+    return mu, torch.where(sigma > 0, sigma, torch.ones_like(sigma))
+
+
+@torch.no_grad()
+def unfold_scaling(linear: nn.Linear, mu: torch.Tensor, sigma: torch.Tensor) -> None:
+    """Turn a head trained on raw features into one for standardised features."""
+    linear.bias += linear.weight @ mu
+    linear.weight *= sigma
+
+
+@contextlib.contextmanager
+def folded_scaling(linear: nn.Linear, mu: torch.Tensor, sigma: torch.Tensor):
+    """Temporarily fold the standardisation into the head: W' = W / sigma, b' = b - W' mu."""
+    weight, bias = linear.weight.detach().clone(), linear.bias.detach().clone()
+    with torch.no_grad():
+        linear.weight /= sigma
+        linear.bias -= linear.weight @ mu
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            linear.bias.copy_(bias)
 
 
 def standard_callbacks(run_dir: Path) -> list[Callback]:

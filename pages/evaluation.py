@@ -530,41 +530,69 @@ with tabs[7]:
 
 
 # ----------------------------------------------------------------------- export
-st.subheader("Export the model")
-left, right = st.columns([1, 2], gap="medium")
-fmt = left.selectbox(
-    "Format", list(EXPORT_FORMATS), format_func=EXPORT_FORMATS.get, key="export_fmt"
-)
-exports: dict[str, Any] = st.session_state.setdefault("exports", {})
-if left.button("Export and verify", icon=":material/upload_file:", key="export_go"):
+def export_section() -> None:
+    st.subheader("Export the model")
+    st.caption(
+        "Each export is a zip with the model, its labels, a stand-alone predict.py and a "
+        "verification against the PyTorch model on real images."
+    )
     try:
-        from finetune_core.export import export_run
+        from finetune_core.export import export_run, read_export_checks
     except ImportError as exc:
-        with right:
-            not_available("Model export", exc)
-    else:
+        not_available("Model export", exc)
+        return
+    left, right = st.columns([1, 2], gap="medium")
+    fmt = left.selectbox(
+        "Format", list(EXPORT_FORMATS), format_func=EXPORT_FORMATS.get, key="export_fmt"
+    )
+    if left.button("Export and verify", icon=":material/upload_file:", key="export_go"):
         with right, st.spinner(f"Exporting to {EXPORT_FORMATS[fmt]} and checking it…"):
             try:
-                exports[f"{run.id}:{fmt}"] = export_run(folder, fmt)
-            except Exception as exc:
+                export_run(folder, fmt, workspace=ws)
+            except Exception as exc:  # RunError/ExportError explain themselves
                 error_box(f"The export failed: {exc}", exc)
-result = exports.get(f"{run.id}:{fmt}")
-if result is not None:
+    checks = {c.get("format"): c for c in read_export_checks(folder)}
+    check = checks.get(fmt)
+    zip_path = folder.path / "export" / f"{fmt}.zip"
     with right:
-        if result.verified:
-            st.success(
-                f"Verified: the exported model matches PyTorch (largest difference "
-                f"{result.max_abs_diff:.2e}, tolerance {result.tolerance:.0e}).",
-                icon=":material/verified:",
-            )
+        if check is None:
+            st.caption(f"Not exported to {EXPORT_FORMATS[fmt]} yet.")
+        elif check.get("passed"):
+            st.success(check.get("message", "Verified."), icon=":material/verified:")
         else:
-            st.warning(f"Not verified: {result.message}", icon=":material/warning:")
-        path = Path(result.path)
-        if path.is_file():
+            st.warning(check.get("message", "Not verified."), icon=":material/warning:")
+        if check is not None and zip_path.is_file():
             st.download_button(
-                f"Download {path.name}",
-                path.read_bytes(),
-                file_name=path.name,
+                f"Download {EXPORT_FORMATS[fmt]} (.zip)",
+                zip_path.read_bytes(),
+                file_name=f"{run.id}-{fmt}.zip",
+                mime="application/zip",
                 icon=":material/download:",
                 key="export_download",
+                on_click="ignore",
             )
+    if checks:
+        table = pd.DataFrame(
+            [
+                {
+                    "Format": EXPORT_FORMATS.get(f, f),
+                    "Verified": "yes" if c.get("passed") else "no",
+                    "Max. difference": c.get("max_abs_diff"),
+                    "Tolerance": c.get("tolerance"),
+                    "Checked": fmt_when(c.get("checked_at")),
+                }
+                for f, c in checks.items()
+            ]
+        )
+        st.dataframe(
+            table,
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "Max. difference": st.column_config.NumberColumn(format="%.1e"),
+                "Tolerance": st.column_config.NumberColumn(format="%.0e"),
+            },
+        )
+
+
+export_section()

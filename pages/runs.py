@@ -19,6 +19,7 @@ from finetune_core.store import RunRecord, RunStatus, StoreError
 from ui.components import (
     STATUS_STYLE,
     esc,
+    fmt_duration,
     fmt_when,
     pick_run,
     run_duration,
@@ -75,6 +76,8 @@ def open_link(record: RunRecord) -> str:
     return f"{page}?run={record.id}"
 
 
+COLUMNS = ["Status", "Name", "Open", "Dataset", "Model", "Strategy", "Val. acc.", "Epochs",
+           "Duration", "Creator", "Created"]  # fmt: skip
 table = pd.DataFrame(
     [
         {
@@ -84,27 +87,15 @@ table = pd.DataFrame(
             "Dataset": dataset_name(r),
             "Model": r.model,
             "Strategy": r.strategy,
-            "Best val. acc.": r.best_val_accuracy,
+            "Val. acc.": r.best_val_accuracy,
             "Epochs": r.epochs_run,
-            "Minutes": (run_duration(r) or 0) / 60 if run_duration(r) else None,
+            "Duration": fmt_duration(run_duration(r)),
             "Creator": r.creator or "–",
             "Created": fmt_when(r.created_at),
         }
         for r in shown
     ],
-    columns=[
-        "Status",
-        "Name",
-        "Open",
-        "Dataset",
-        "Model",
-        "Strategy",
-        "Best val. acc.",
-        "Epochs",
-        "Minutes",
-        "Creator",
-        "Created",
-    ],  # fmt: skip
+    columns=COLUMNS,
 )
 
 
@@ -125,7 +116,7 @@ st.dataframe(
     selection_mode="single-row",
     column_config={
         "Status": st.column_config.TextColumn(width="small"),
-        "Best val. acc.": st.column_config.ProgressColumn(
+        "Val. acc.": st.column_config.ProgressColumn(
             min_value=0.0,
             max_value=1.0,
             format="percent",
@@ -133,9 +124,7 @@ st.dataframe(
             help="Validation accuracy of the best epoch.",
         ),
         "Epochs": st.column_config.NumberColumn(width="small"),
-        "Minutes": st.column_config.NumberColumn(
-            format="%.1f", width="small", help="Training time."
-        ),
+        "Duration": st.column_config.TextColumn(width="small", help="Training time."),
         "Open": st.column_config.LinkColumn(
             display_text="Open",
             width="small",

@@ -261,6 +261,15 @@ def drive(base: str, ids: dict[str, str], out: Path) -> None:
         time.sleep(1.5)
         shoot(page, out, "06-evaluation-tab-activation-maps")
 
+        # Evaluation: a verified export.
+        page.goto(f"{base}/evaluation?run={run}")
+        settle(page)
+        page.get_by_role("button", name="Export and verify").click()
+        settle(page, timeout=180)
+        page.get_by_text("Export the model").first.scroll_into_view_if_needed()
+        time.sleep(0.5)
+        shoot(page, out, "06-evaluation-export")
+
         # Data page: the per-source import tabs.
         page.goto(f"{base}/data?dataset={dataset}")
         settle(page)
@@ -282,6 +291,10 @@ def drive(base: str, ids: dict[str, str], out: Path) -> None:
             time.sleep(0.5)
         time.sleep(1.0)
         shoot(page, out, "04-training-live")
+        page.get_by_role("button", name="Stop").click()
+        page.get_by_text("It can resume from its last checkpoint").wait_for(timeout=120_000)
+        settle(page)
+        shoot(page, out, "04-training-stopped")
         browser.close()
 
 

@@ -89,16 +89,24 @@ def wait_until(condition: Any, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+ACCESS_VARIABLES = (
+    "FINETUNE_ALLOW_SERVER_PATHS", "FINETUNE_ALLOW_CUSTOM_BACKBONE",
+    "FINETUNE_ALLOW_CUSTOM_BACKBONES", "FINETUNE_PASSWORD", "FINETUNE_PASSWORD_SHA256",
+    "FINETUNE_ADMINS",
+)  # fmt: skip
+
+
+def use_workspace(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    """Point the app at ``root`` in open access mode (no settings leak in from the shell)."""
+    monkeypatch.setenv("FINETUNE_WORKSPACE", str(root))
+    for name in ACCESS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def app_ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Workspace]:
     """An empty workspace the app uses; caches (and the job manager) cleared afterwards."""
-    monkeypatch.setenv("FINETUNE_WORKSPACE", str(tmp_path / "ws"))
-    for name in (
-        "FINETUNE_ALLOW_SERVER_PATHS",
-        "FINETUNE_ALLOW_CUSTOM_BACKBONE",
-        "FINETUNE_PASSWORD",
-    ):
-        monkeypatch.delenv(name, raising=False)
+    use_workspace(monkeypatch, tmp_path / "ws")
     st.cache_resource.clear()
     yield services.get_workspace()
     st.cache_resource.clear()
@@ -126,7 +134,7 @@ def trained(
     trained_root: tuple[Path, str, str], monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[Workspace, str, str]]:
     root, dataset_id, run_id = trained_root
-    monkeypatch.setenv("FINETUNE_WORKSPACE", str(root))
+    use_workspace(monkeypatch, root)
     st.cache_resource.clear()
     yield services.get_workspace(), dataset_id, run_id
     st.cache_resource.clear()
@@ -564,3 +572,23 @@ def test_runs_page_filter_rename_rerun_and_delete(trained: tuple[Workspace, str,
     manager.wait(new_id, timeout=60)
     ws.rename_run(run_id, "first run")
     ws.delete_run(new_id)
+
+
+def test_evaluation_page_report_download_and_verified_export(
+    trained: tuple[Workspace, str, str],
+) -> None:
+    ws, _, run_id = trained
+    folder = RunFolder(ws.run_dir(run_id))
+    assert (folder.path / "report.html").is_file(), "the post-run hook wrote the report"
+    at = open_page("evaluation", run=run_id)
+    report = next(d for d in at.download_button if d.label == "Download report")
+    assert report is not None
+    assert f"Not exported to {'PyTorch checkpoint + labels'} yet." in texts(at)
+    at.selectbox(key="export_fmt").set_value("checkpoint")
+    at.button(key="export_go").click().run()
+    assert_ok(at)
+    assert any(s.value.startswith("Verified") for s in at.success), [s.value for s in at.success]
+    assert at.download_button(key="export_download").label.endswith("(.zip)")
+    assert (folder.path / "export" / "checkpoint.zip").is_file()
+    checks = next(df.value for df in at.dataframe if "Verified" in df.value.columns)
+    assert list(checks["Verified"]) == ["yes"]

@@ -223,3 +223,38 @@ def test_custom_pt2_backbone_trains_as_a_probe(demo, tmp_path) -> None:
     assert result.status == "SUCCEEDED"
     assert result.best_val_accuracy > 1 / 3 + 0.2
     assert (run_dir / "backbone.pt2").read_bytes() == path.read_bytes()
+
+
+def test_probe_checkpoint_reproduces_the_validation_accuracy(demo, tmp_path) -> None:
+    """The probe trains on standardised features; the saved head has the scaling folded in."""
+    from finetune_core.data.cache import decoded_split
+    from finetune_core.runs import RunFolder
+
+    ws, ds = demo
+    _, result, run_dir = train(
+        demo, tmp_path, strategy="probe", epochs=8, lr=3e-2, batch_size=32, augmentation="none"
+    )
+    (run_dir / "config.json").write_text(tiny_config(ds.id, strategy="probe").to_json())
+    loaded = RunFolder(run_dir).load_model("best")
+    val = decoded_split(ds, "val", 32, ws.cache_dir)
+    probs = loaded.predict_uint8(val.images)
+    accuracy = float((probs.argmax(1) == val.labels.numpy()).mean())
+    assert accuracy == pytest.approx(result.best_val_accuracy, abs=1e-6)
+    assert result.best_val_accuracy > 1 / 3 + 0.2
+
+
+def test_probe_resume_continues_from_the_folded_head(demo, tmp_path) -> None:
+    stop = threading.Event()
+
+    class StopInEpoch4(Callback):
+        def on_batch_end(self, trainer, logs):
+            if logs["epoch"] == 4:
+                stop.set()
+
+    common = dict(strategy="probe", epochs=6, lr=3e-2, batch_size=32, augmentation="none")
+    _, first, _ = train(demo, tmp_path, callbacks=[StopInEpoch4()], stop=stop, **common)
+    assert first.status == "STOPPED" and first.epochs_run == 3
+    _, second, _ = train(demo, tmp_path, resume=True, **common)
+    assert [r["epoch"] for r in second.history] == list(range(1, 7))
+    # training went on from where it was, not from scratch: the loss keeps falling
+    assert second.history[3]["train_loss"] <= first.history[2]["train_loss"] * 1.05
