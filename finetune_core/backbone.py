@@ -193,7 +193,9 @@ class ExportedBackbone(nn.Module):
     def __setstate__(self, state: dict[str, Any]) -> None:
         net_state = state.pop("_net_state")
         self.__dict__.update(state)
-        net = torch.export.load(self.path).module()
+        from finetune_core.safe_pt2 import load_program
+
+        net = load_program(self.path).module()
         net.load_state_dict(net_state)
         for p in net.parameters():
             p.requires_grad_(False)

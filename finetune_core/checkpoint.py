@@ -19,7 +19,11 @@ class CheckpointError(Exception):
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` via a temp file + ``os.replace``: never half a file."""
     payload = {"format": FORMAT_VERSION, **payload}
-    atomic_write(Path(path), lambda handle: torch.save(payload, handle))
+    path = Path(path)
+    # A process killed mid-write leaves its temp file behind; one writer per run owns them.
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

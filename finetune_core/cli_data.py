@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -190,15 +191,25 @@ def render_report(dataset: Any) -> str:
             + (" Errors block training until they are fixed." if report.blocks_training else "")
         )
         for f in findings:
-            lines.append(f"  {f.severity.upper():<8} {f.code:<20} {f.message}")
+            lines.append(f"  {f.severity.upper():<8} {f.code:<20} {_printable(f.message)}")
             if f.files:
-                shown = ", ".join(f.files[:MAX_FILES_SHOWN])
+                shown = ", ".join(_printable(name) for name in f.files[:MAX_FILES_SHOWN])
                 more = f" (+{f.count - MAX_FILES_SHOWN} more)" if f.count > MAX_FILES_SHOWN else ""
                 lines.append(f"  {'':<8} {'':<20} files: {shown}{more}")
     return "\n".join(lines)
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters shown escaped: names from uploads (class names,
+    file names) must not move the cursor or recolour the terminal."""
+    return "".join(
+        c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) == "Cc" else c
+        for c in text
+    )
+
+
 def _table(rows: list[tuple[str, ...]], right_from: int | None = None) -> str:
+    rows = [tuple(_printable(cell) for cell in row) for row in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = []
     for row in rows:

@@ -132,7 +132,8 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        return _train(args, config, ctx)
+        with distributed.errors_recorded(ctx, args.out):  # a rank's error, for the launcher
+            return _train(args, config, ctx)
     finally:
         distributed.teardown(ctx)
 

@@ -124,10 +124,21 @@ def memory_in_use_mb(device: torch.device) -> float | None:
         return None
 
 
+# CPU allocator failures are plain RuntimeErrors ("DefaultCPUAllocator: can't allocate
+# memory"); MPS says "out of memory"; numpy and Python raise MemoryError.
+_OOM_TEXT = (
+    "out of memory",
+    "can't allocate memory",
+    "cannot allocate memory",
+    "not enough memory",
+)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(t in text for t in _OOM_TEXT)
 
 
 def free_memory(device: torch.device) -> None:

@@ -435,20 +435,21 @@ class ProgressRelay:
     on_epoch: Callable[[Progress], None] | None = None
     _log_seen: int = 0
     _epochs_seen: int = 0
-    _mtime: float = field(default=-1.0)
+    _version: tuple[int, int, int] = (0, 0, -1)
 
     def follow(self, path: Path) -> None:
         """Relay ``path`` if it changed since the last call."""
         try:
-            mtime = path.stat().st_mtime_ns
+            stat = path.stat()
         except FileNotFoundError:
             return
-        if mtime == self._mtime:
+        version = (stat.st_mtime_ns, stat.st_ino, stat.st_size)  # every write is a new inode
+        if version == self._version:
             return
         data = _read_progress_dict(path)
         if data is None:
             return
-        self._mtime = mtime
+        self._version = version
         progress = _progress_from_dict(data)
         self.state.update(**{name: getattr(progress, name) for name in _RELAYED})
         total = int(data.get("log_total", len(progress.log)))
@@ -514,7 +515,15 @@ def torchrun_command(
 ) -> list[str]:
     """The argument list that starts a run's ranks (torchrun through this interpreter)."""
     run_dir = Path(run_dir)
-    cmd = [sys.executable, "-c", _BOOTSTRAP, "--nnodes", str(nnodes), "--nproc-per-node", str(nproc)]
+    cmd = [
+        sys.executable,
+        "-c",
+        _BOOTSTRAP,
+        "--nnodes",
+        str(nnodes),
+        "--nproc-per-node",
+        str(nproc),
+    ]
     if rdzv_endpoint:
         cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv_endpoint]
         cmd += ["--rdzv-id", rdzv_id or run_dir.name]
@@ -679,14 +688,19 @@ def launch(
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     log_path = run_dir / LAUNCH_LOG
     handle = log_path.open("ab") if log_to_file else None
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=handle,
-        stderr=subprocess.STDOUT if handle else None,
-        env=child_env,
-        start_new_session=True,
-    )
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT if handle else None,
+            env=child_env,
+            start_new_session=True,
+        )
+    except BaseException:
+        if handle is not None:
+            handle.close()
+        raise
     return Launch(proc, run_dir, nproc, time.time(), log_path, _log_handle=handle)
 
 
@@ -744,7 +758,7 @@ def run_result(run: Launch, *, stopped: bool) -> TrainResult:
             message = f"rank {first.get('rank')} failed: {first.get('message')}"
             details = f"{first.get('traceback', '')}\n--- torchrun output (last lines) ---\n{tail}"
         else:
-            last = tail.strip().splitlines()[-1] if tail.strip() else ""
+            last = _last_error_line(tail)
             message = f"torchrun exited with code {code}" + (f": {last}" if last else "")
             details = tail
         raise DistributedRunError(message, details)
@@ -763,6 +777,18 @@ def run_result(run: Launch, *, stopped: bool) -> TrainResult:
         events=list(summary.get("events") or []),
         history=history,
     )
+
+
+def _last_error_line(output: str) -> str:
+    """The last ``SomeError: message`` line of a rank's output (not torchrun's own summary)."""
+    import re
+
+    pattern = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
+    for line in reversed(output.splitlines()):
+        line = line.strip()
+        if pattern.match(line) and "ChildFailedError" not in line:
+            return line
+    return ""
 
 
 # ---------------------------------------------------------------------- the CLI launcher

@@ -776,9 +776,14 @@ def preprocess(image: Image.Image, spec: dict) -> np.ndarray:
     w, h = image.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
     left, top = (nw - size) // 2, (nh - size) // 2
-    image = image.crop((left, top, left + size, top + size))
+    if nw * nh > 16 * size * size:  # very long, thin images: resample only the crop
+        sx, sy = w / nw, h / nh
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        image = image.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
+    else:
+        image = image.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        image = image.crop((left, top, left + size, top + size))
     x = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / 255.0
     mean = np.asarray(spec["mean"], dtype=np.float32).reshape(3, 1, 1)
     std = np.asarray(spec["std"], dtype=np.float32).reshape(3, 1, 1)

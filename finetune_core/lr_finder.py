@@ -89,7 +89,7 @@ def find_lr(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        value = float(loss)
+        value = float(loss.detach())
         if not math.isfinite(value):
             break
         avg = beta * avg + (1 - beta) * value

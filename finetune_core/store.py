@@ -16,6 +16,7 @@ import shutil
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -86,6 +87,33 @@ class RunStatus:
 
 class StoreError(Exception):
     """A workspace operation could not be done; the message says why."""
+
+
+MAX_NAME_CHARS = 200
+# Control characters and bidirectional overrides: they can rewrite a terminal or
+# disguise a name (U+202E turns "gpj.exe" into "exe.jpg" on screen).
+_BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def check_name(name: str, what: str, *, allow_empty: bool = False) -> str:
+    """``name`` without surrounding blanks; StoreError if it is empty, longer than
+    MAX_NAME_CHARS or holds control characters."""
+    name = (name or "").strip()
+    if not name and not allow_empty:
+        raise StoreError(f"A {what} name cannot be empty.")
+    if len(name) > MAX_NAME_CHARS:
+        raise StoreError(
+            f"A {what} name can have at most {MAX_NAME_CHARS} characters (this one has "
+            f"{len(name):,}); choose a shorter name."
+        )
+    bad = sorted({c for c in name if unicodedata.category(c) == "Cc" or c in _BIDI_CONTROLS})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad[:5])
+        raise StoreError(
+            f"A {what} name cannot contain control characters (found {shown}); use letters, "
+            "digits, spaces and punctuation."
+        )
+    return name
 
 
 def utc_now() -> str:
@@ -258,9 +286,7 @@ class Workspace:
         return _decode(DatasetRecord, row) if row else None
 
     def rename_dataset(self, dataset_id: str, name: str) -> None:
-        name = name.strip()
-        if not name:
-            raise StoreError("A dataset name cannot be empty.")
+        name = check_name(name, "dataset")
         with self._write() as conn:
             cur = conn.execute("UPDATE datasets SET name=? WHERE id=?", (name, dataset_id))
             if cur.rowcount == 0:
@@ -329,7 +355,7 @@ class Workspace:
             return cur.rowcount == 1
 
     def rename_run(self, run_id: str, name: str) -> None:
-        self.update_run(run_id, name=name.strip())
+        self.update_run(run_id, name=check_name(name, "run", allow_empty=True))
 
     def delete_run(self, run_id: str) -> None:
         run = self.get_run(run_id)

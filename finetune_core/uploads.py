@@ -12,6 +12,8 @@ import io
 import re
 import secrets
 import shutil
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,12 +61,14 @@ def stage_csv_upload(
     try:
         images.mkdir(parents=True)
         written: list[tuple[str, ...]] = []
+        budget = [limits.max_total_bytes]
         for name, data in files:
             if name.lower().endswith(".zip"):
-                written += _extract_zip(name, data, images, limits)
+                written += _extract_zip(name, data, images, limits, budget)
             else:
                 parts = safe_member_parts(name)
                 if parts:
+                    _spend(budget, len(data), limits)
                     _write(images, parts, data)
                     written.append(parts)
         if not written:
@@ -84,12 +88,32 @@ def _write(root: Path, parts: tuple[str, ...], data: bytes) -> None:
     target.write_bytes(data)
 
 
-def _extract_zip(name: str, data: bytes, root: Path, limits: IngestLimits) -> list[tuple[str, ...]]:
+def _spend(budget: list[int], size: int, limits: IngestLimits) -> None:
+    """Count ``size`` bytes against the upload's total; IngestError above the limit."""
+    budget[0] -= size
+    if budget[0] < 0:
+        raise IngestError(
+            f"The upload expands to more than {limits.max_total_bytes:,} bytes, above the limit; "
+            "nothing was imported. Upload a smaller dataset or raise the limit."
+        )
+
+
+def _extract_zip(
+    name: str, data: bytes, root: Path, limits: IngestLimits, budget: list[int]
+) -> list[tuple[str, ...]]:
     out = []
     with open_zip(io.BytesIO(data), name) as zf:
         for parts, info in check_zip(zf, limits):
-            with zf.open(info) as handle:
-                _write(root, parts, handle.read())
+            _spend(budget, info.file_size, limits)
+            try:
+                with zf.open(info) as handle:
+                    content = handle.read()
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+                raise IngestError(
+                    f"The entry {info.filename!r} of {name} is damaged ({exc}); nothing was "
+                    "imported. Re-create the zip and upload it again."
+                ) from exc
+            _write(root, parts, content)
             out.append(parts)
     return out
 

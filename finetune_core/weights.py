@@ -28,6 +28,7 @@ from torch import nn
 from torchvision.models import get_model_weights
 
 from finetune_core.backbone import ZOO, ExportedBackbone, build_torchvision, family_of, strip_head
+from finetune_core.safe_pt2 import UnsafeProgramError, load_program
 
 Progress = Callable[[int, int], None]
 
@@ -401,7 +402,9 @@ def load_exported_backbone(path: str | Path, image_size: int) -> tuple[ExportedB
     if not path.is_file():
         raise WeightsError(f"Backbone file {path} does not exist.")
     try:
-        program = torch.export.load(str(path))
+        program = load_program(path)
+    except UnsafeProgramError as exc:
+        raise WeightsError(str(exc)) from exc
     except Exception as exc:
         raise WeightsError(
             f"{path.name} is not a torch.export program (it may be truncated or another kind of "

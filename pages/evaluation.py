@@ -32,7 +32,7 @@ from ui.components import (
     status_badge,
     thumbnail_grid,
 )
-from ui.services import get_workspace, load_model, predictions, public
+from ui.services import get_job_manager, get_workspace, load_model, predictions, public
 
 ws = get_workspace()
 CELL_PAGE = 24
@@ -144,18 +144,28 @@ def report_button() -> None:
 
 
 evaluation = folder.evaluation()
+busy = get_job_manager().is_active(run.id)  # the post-run evaluation is still going
 with st.container(horizontal=True, vertical_alignment="center"):
     if evaluation is None:
-        if st.button("Evaluate", type="primary", icon=":material/play_arrow:", key="evaluate"):
+        if st.button(
+            "Evaluate", type="primary", icon=":material/play_arrow:", key="evaluate", disabled=busy
+        ):
             evaluate_now()
     else:
-        if st.button("Re-evaluate", icon=":material/refresh:", key="evaluate"):
+        if st.button("Re-evaluate", icon=":material/refresh:", key="evaluate", disabled=busy):
             evaluate_now()
         report_button()
     with st.popover("Permalink", icon=":material/link:"):
         st.caption("Anyone on this server can open this run's evaluation with:")
         st.code(permalink(), language="text")
 
+if evaluation is None and busy:
+    st.info(
+        "The model is being evaluated right after training; this page shows the results in a "
+        "moment (refresh it).",
+        icon=":material/hourglass_top:",
+    )
+    st.stop()
 if evaluation is None:
     st.info(
         "This run has a trained model but no evaluation yet. Evaluate it to see the confusion "

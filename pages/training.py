@@ -33,7 +33,7 @@ from ui.components import (
     pick_run,
     status_badge,
 )
-from ui.services import current_user, get_job_manager, get_workspace, user
+from ui.services import current_user, get_job_manager, get_workspace, public, user
 
 POLL_SECONDS = 1.0
 LOG_LINES = 30
@@ -100,17 +100,17 @@ def live_numbers(snap: Progress, record: RunRecord, active: bool) -> None:
     )
     loss = f"{snap.train_loss:.4f}" if snap.train_loss is not None else "–"
     if not active:
+        batch = snap.batch_size or (record.config or {}).get("batch_size", "–")
         metric_row(
             [
                 Metric("Epochs run", f"{record.epochs_run} of {snap.epochs or record.epochs_run}"),
                 Metric("Training time", fmt_duration(record.train_seconds or snap.elapsed_seconds)),
-                Metric("Best epoch (val acc.)", best),
+                Metric("Batch size", str(batch)),
+                Metric("Best epoch", str(snap.best_epoch) if snap.best_epoch is not None else "–"),
+                Metric("Best val. accuracy", fmt_pct(snap.best_metric)),
                 Metric("Final train loss", loss),
-                Metric(
-                    "Batch size",
-                    str(snap.batch_size or (record.config or {}).get("batch_size", "–")),
-                ),
-            ]
+            ],
+            per_row=3,
         )
         return
     memory_label = "GPU memory" if _on_gpu() else "Process memory"
@@ -221,8 +221,11 @@ def final_state(record: RunRecord) -> None:
             details=record.traceback or None,
         )
     elif record.status in RunStatus.RESUMABLE:
-        reason = record.error or "The run was stopped."
-        st.info(f"{reason} It can resume from its last checkpoint.", icon=":material/pause_circle:")
+        reason = (record.error or "The run was stopped").strip().rstrip(".")
+        st.info(
+            f"{public(reason[:1].upper() + reason[1:])}. It can resume from its last checkpoint.",
+            icon=":material/pause_circle:",
+        )
     with st.container(horizontal=True):
         if record.status in (RunStatus.SUCCEEDED, RunStatus.STOPPED) or record.best_epoch:
             st.page_link(

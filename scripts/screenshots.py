@@ -261,6 +261,24 @@ def drive(base: str, ids: dict[str, str], out: Path) -> None:
         time.sleep(1.5)
         shoot(page, out, "06-evaluation-tab-activation-maps")
 
+        # Data: a folder upload from the browser (one sub-folder per class).
+        from finetune_core.data import make_demo_folder
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = make_demo_folder(Path(tmp) / "garden-shapes", classes=2, per_class=8)
+            page.goto(f"{base}/data")
+            settle(page)
+            page.get_by_text("Add a dataset").first.click()
+            page.get_by_role("tab", name="Folder").click()
+            time.sleep(0.5)
+            page.locator('input[type="file"][webkitdirectory]').set_input_files(str(folder))
+            page.get_by_text("16 files selected").wait_for(timeout=60_000)
+            page.get_by_role("button", name="Import folder").click()
+            page.get_by_text("Imported 16 images in 2 classes").wait_for(timeout=120_000)
+            settle(page)
+            print("folder upload imported 16 images", flush=True)
+            shoot(page, out, "02-data-folder-imported")
+
         # Evaluation: a verified export.
         page.goto(f"{base}/evaluation?run={run}")
         settle(page)
@@ -291,7 +309,7 @@ def drive(base: str, ids: dict[str, str], out: Path) -> None:
             time.sleep(0.5)
         time.sleep(1.0)
         shoot(page, out, "04-training-live")
-        page.get_by_role("button", name="Stop").click()
+        page.get_by_role("button", name="Stop", exact=True).click()
         page.get_by_text("It can resume from its last checkpoint").wait_for(timeout=120_000)
         settle(page)
         shoot(page, out, "04-training-stopped")

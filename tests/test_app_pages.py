@@ -450,7 +450,7 @@ def test_training_page_after_a_finished_run(trained: tuple[Workspace, str, str])
     assert at.query_params["run"] == run_id
     assert any("Finished: best validation accuracy" in s.value for s in at.success)
     labels = {m.label for m in at.metric}
-    assert {"Epochs run", "Training time", "Best epoch (val acc.)"} <= labels
+    assert {"Epochs run", "Training time", "Best epoch", "Best val. accuracy"} <= labels
     assert not at.progress
 
 

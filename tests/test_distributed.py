@@ -34,9 +34,20 @@ def demo(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> tuple[Workspa
 
 def tiny(dataset_id: str, **changes: Any) -> RunConfig:
     base: dict[str, Any] = dict(
-        dataset=dataset_id, model="resnet18", weights="none", strategy="finetune", epochs=3,
-        freeze_epochs=1, image_size=32, batch_size=8, lr=1e-3, channels_last=False,
-        mixed_precision="off", augmentation="none", early_stopping=False, device="cpu",
+        dataset=dataset_id,
+        model="resnet18",
+        weights="none",
+        strategy="finetune",
+        epochs=3,
+        freeze_epochs=1,
+        image_size=32,
+        batch_size=8,
+        lr=1e-3,
+        channels_last=False,
+        mixed_precision="off",
+        augmentation="none",
+        early_stopping=False,
+        device="cpu",
         num_threads=1,
     )
     base.update(changes)
@@ -98,7 +109,11 @@ def test_torchrun_command_is_an_argument_list(tmp_path: Path) -> None:
     i = tail.index("-m")
     assert tail[i + 1 : i + 5] == ["finetune_core", "--workspace", str(tmp_path / "ws"), "train"]
     assert tail[-5:] == [
-        "--config", str(tmp_path / "r1" / "config.json"), "--out", str(tmp_path / "r1"), "--quiet"
+        "--config",
+        str(tmp_path / "r1" / "config.json"),
+        "--out",
+        str(tmp_path / "r1"),
+        "--quiet",
     ]
     multi = distributed.torchrun_command(
         tmp_path / "r1", nproc=8, nnodes=2, rdzv_endpoint="node0:29500", resume=True, quiet=False
@@ -193,10 +208,26 @@ def test_two_process_torchrun_matches_the_single_process_run(demo, tmp_path: Pat
     config.save(out / "config.json")
     env = {**os.environ, "FINETUNE_WORKSPACE": str(ws.root)}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "finetune_core", "train", "--config", str(out / "config.json"), "--out", str(out),
-         "--quiet"],
-        capture_output=True, text=True, env=env, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "finetune_core",
+            "train",
+            "--config",
+            str(out / "config.json"),
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCEEDED: best epoch" in proc.stdout
@@ -204,7 +235,12 @@ def test_two_process_torchrun_matches_the_single_process_run(demo, tmp_path: Pat
 
     # rank 0 alone wrote files: one metrics line per epoch, no error files, loadable checkpoints
     assert sorted(p.name for p in out.iterdir()) == [
-        "checkpoints", "config.json", "metrics.json", "metrics.jsonl", "progress.json", "run.json"
+        "checkpoints",
+        "config.json",
+        "metrics.json",
+        "metrics.jsonl",
+        "progress.json",
+        "run.json",
     ]
     ddp = metrics_rows(out)
     assert [r["epoch"] for r in ddp] == [1, 2, 3]
@@ -300,7 +336,9 @@ def test_a_failing_rank_fails_the_run_with_its_error(demo, monkeypatch) -> None:
         run_id = manager.submit(tiny(ds.id, devices=2, epochs=30))
         assert manager.wait(run_id, timeout=180) == RunStatus.FAILED
         run = ws.get_run(run_id)
-        assert run.error == f"rank 1 failed: injected failure on rank 1 ({distributed.FAIL_RANK_ENV})"
+        assert (
+            run.error == f"rank 1 failed: injected failure on rank 1 ({distributed.FAIL_RANK_ENV})"
+        )
         # the rank's own traceback, then torchrun's report
         assert "in on_batch_end" in run.traceback and "torchrun output" in run.traceback
         assert run.epochs_run == 0
@@ -339,11 +377,26 @@ def test_cli_launches_torchrun_itself_and_ctrl_c_stops_every_rank(demo, tmp_path
     out = tmp_path / "cli-run"
     env = {**os.environ, "FINETUNE_WORKSPACE": str(ws.root)}
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "finetune_core", "train", "--config", str(config_path),
-         "--out", str(out), "--set", "devices=2", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "finetune_core",
+            "train",
+            "--config",
+            str(config_path),
+            "--out",
+            str(out),
+            "--set",
+            "devices=2",
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     try:
+
         def first_epoch() -> bool:
             progress = distributed.read_progress(out / distributed.PROGRESS_FILE)
             return progress is not None and len(progress.history) >= 1

@@ -40,8 +40,14 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     w, h = image.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
     left, top = (nw - size) // 2, (nh - size) // 2
+    if nw * nh > 16 * size * size:
+        # A very long, thin image (say 60000x1) would resize to gigapixels: resample only
+        # the source region the centre crop keeps.
+        sx, sy = w / nw, h / nh
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        return image.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
+    image = image.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
     return image.crop((left, top, left + size, top + size))
 
 

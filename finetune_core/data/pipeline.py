@@ -28,7 +28,7 @@ from finetune_core.data.manifest import MANIFEST_NAME, ManifestRow, write_manife
 from finetune_core.data.sources import Candidate, Plan, open_plan
 from finetune_core.data.split import SplitSpec, assign_splits
 from finetune_core.fsutil import atomic_write_json
-from finetune_core.store import DatasetRecord, Workspace, new_id
+from finetune_core.store import DatasetRecord, StoreError, Workspace, check_name, new_id
 
 Progress = Callable[[int, int, str], None]
 
@@ -134,6 +134,10 @@ def _checked_name(workspace: Workspace, name: str) -> str:
     name = (name or "").strip()
     if not name:
         raise IngestError("Give the dataset a name.")
+    try:
+        name = check_name(name, "dataset")
+    except StoreError as exc:
+        raise IngestError(str(exc)) from None
     if workspace.find_dataset_by_name(name):
         raise IngestError(
             f"A dataset named {name!r} already exists. Choose another name or delete it first."
