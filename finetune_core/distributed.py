@@ -592,6 +592,7 @@ class Launch:
     stop_requested_at: float | None = None
     _known: dict[int, str] = field(default_factory=dict)  # pid -> start time (pid reuse guard)
     _log_handle: Any = None
+    _tracked_at: float = -1e9
 
     @property
     def pid(self) -> int:
@@ -600,8 +601,12 @@ class Launch:
     def poll(self) -> int | None:
         return self.proc.poll()
 
-    def track(self) -> None:
+    def track(self, *, every: float = 1.0) -> None:
         """Remember the ranks' pids, so they can be ended even if torchrun dies first."""
+        now = time.monotonic()
+        if now - self._tracked_at < every:
+            return
+        self._tracked_at = now
         for pid in descendants(self.proc.pid):
             if pid not in self._known:
                 started = _start_time(pid)
@@ -618,7 +623,7 @@ class Launch:
     def close(self, timeout: float = 10.0) -> None:
         """End torchrun and every rank still alive; safe to call more than once."""
         if self.proc.poll() is None:
-            self.track()
+            self.track(every=0.0)
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
             try:
@@ -666,6 +671,12 @@ def launch(
     """
     run_dir = Path(run_dir)
     nproc = resolve_devices(config)
+    gpus = visible_gpus()
+    if config.device != "cpu" and 0 < gpus < nproc:
+        raise ValueError(
+            f"devices={config.devices} asks for {nproc} GPUs on this machine, but {gpus} "
+            f"are visible: choose devices=all or at most {gpus}."
+        )
     cmd = torchrun_command(
         run_dir,
         nproc=nproc,

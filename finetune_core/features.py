@@ -53,6 +53,18 @@ def feature_cache_path(trainer: Trainer, split: str, views: int) -> Path:
     return trainer.cache_dir / "features" / f"{cfg.model}-{split}-{digest}.pt"
 
 
+def _read_cache(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(features, labels) from a cache file, or None when it is damaged or not ours."""
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        features, labels = cached["features"], cached["labels"]
+    except Exception:  # truncated, foreign or hostile (refused by weights_only)
+        return None
+    if not (torch.is_tensor(features) and torch.is_tensor(labels)) or len(features) != len(labels):
+        return None
+    return features, labels
+
+
 @torch.no_grad()
 def extract_features(
     trainer: Trainer, data: DecodedImages, *, views: int, split: str
@@ -60,9 +72,11 @@ def extract_features(
     """(N*views, D) float32 features and labels for ``data``, from the disk cache when present."""
     path = feature_cache_path(trainer, split, views)
     if path.exists():
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-        trainer.log(f"{split} features loaded from cache ({len(cached['labels'])} rows)")
-        return cached["features"], cached["labels"]
+        cached = _read_cache(path)
+        if cached is not None:
+            trainer.log(f"{split} features loaded from cache ({len(cached[1])} rows)")
+            return cached
+        trainer.log(f"{split} feature cache {path.name} is unreadable: computing it again")
     model, dev, cfg = trainer.model, trainer.device, trainer.cfg
     model.eval()
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -128,7 +128,11 @@ def live_numbers(snap: Progress, record: RunRecord, active: bool) -> None:
             Metric("Best epoch (val acc.)", best),
             Metric(
                 "Early-stop patience",
-                str(snap.patience_left) if snap.patience_left is not None else "–",
+                "off"
+                if not (record.config or {}).get("early_stopping", True)
+                else str(snap.patience_left)
+                if snap.patience_left is not None
+                else "–",
                 help="Epochs without improvement left before early stopping ends the run.",
             ),
         ],

@@ -12,6 +12,7 @@ import io
 import os
 import stat
 import struct
+import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -97,7 +98,10 @@ def _crc_damaged_zip() -> bytes:
 
 CSV = b"path,label\na.jpg,x\nb.jpg,y\n"
 HOSTILE_CSV_UPLOADS = {
-    "zip slip": ([("imgs.zip", _zip({"../../escaped.jpg": image_bytes(1)}))], "rejected for safety"),
+    "zip slip": (
+        [("imgs.zip", _zip({"../../escaped.jpg": image_bytes(1)}))],
+        "rejected for safety",
+    ),
     "absolute path": ([("imgs.zip", _zip({"/tmp/escaped.jpg": image_bytes(1)}))], "absolute path"),
     "symlink entry": ([("imgs.zip", _symlink_zip())], "symbolic link"),
     "zip bomb": ([("imgs.zip", _zip({"a.bmp": bytes(8 * 2**20)}))], "zip bomb"),
@@ -109,8 +113,10 @@ HOSTILE_CSV_UPLOADS = {
         "above the limit",
     ),
     "zips over the limit together": (
-        [(f"{k}.zip", _zip({f"{k}/{i}.jpg": image_bytes(i + 50 * k) for i in range(10)}))
-         for k in range(2)],  # fmt: skip
+        [
+            (f"{k}.zip", _zip({f"{k}/{i}.jpg": image_bytes(i + 50 * k) for i in range(10)}))
+            for k in range(2)
+        ],  # fmt: skip
         "above the limit",
     ),
 }
@@ -174,9 +180,7 @@ ODD_GOOD = {
     "one_pixel.png": lambda: encode(Image.new("RGB", (1, 1), (10, 200, 30)), "PNG"),
     "wide_20000x20.png": lambda: encode(Image.new("RGB", (20000, 20), (90, 90, 200)), "PNG"),
     "tall_20x20000.png": lambda: encode(Image.new("RGB", (20, 20000), (200, 90, 90)), "PNG"),
-    "deep_16bit.png": lambda: encode(
-        Image.fromarray(np.full((24, 24), 40000, np.uint16)), "PNG"
-    ),
+    "deep_16bit.png": lambda: encode(Image.fromarray(np.full((24, 24), 40000, np.uint16)), "PNG"),
     "cmyk.jpg": lambda: encode(Image.new("CMYK", (24, 24), (0, 255, 255, 0)), "JPEG"),
     "exif_rotated.jpg": _exif_rotated,
     "animated.gif": _animated_gif,
@@ -211,7 +215,10 @@ def test_odd_images_are_imported_decoded_and_trained_on(workspace: Workspace, tm
     decoded = {}
     for split in ("train", "val", "test"):
         data = decoded_split(ds, split, 32, workspace.cache_dir)
-        assert tuple(data.images.shape[1:]) == (3, 32, 32) and data.images.dtype.is_floating_point is False
+        assert (
+            tuple(data.images.shape[1:]) == (3, 32, 32)
+            and data.images.dtype.is_floating_point is False
+        )
         decoded.update({p: data.images[i] for i, p in enumerate(data.paths)})
     rotated = decoded[by_source["exif_rotated.jpg"].path].numpy()
     # After orientation the left (red) half is on top: top rows red, bottom rows blue.
@@ -322,7 +329,9 @@ def test_hostile_class_names_stay_inside_and_survive_case_insensitive_disks(
     files = []
     for k, label in enumerate(labels):
         for i, stem in enumerate(["IMG", "img", "Img"]):
-            files.append(UploadedFile(f"{stem}.JPG" if i else f"{stem}.jpg", image_bytes(10 * k + i), label))
+            files.append(
+                UploadedFile(f"{stem}.JPG" if i else f"{stem}.jpg", image_bytes(10 * k + i), label)
+            )
     files.append(UploadedFile("x" * 400 + ".jpg", image_bytes(999), "cat"))
     before = tree_snapshot(workspace.root.parent)
     result = ingest(workspace, files, name="hostile classes")
@@ -357,8 +366,9 @@ SEEDS = [
 ] + [_exif_rotated(), _animated_gif()]
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about damaged TIFF tags
 @settings(
-    max_examples=int(os.environ.get("ADVERSARIAL_FUZZ_EXAMPLES", "150")),
+    max_examples=int(os.environ.get("ADVERSARIAL_FUZZ_EXAMPLES", "300")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
@@ -377,9 +387,21 @@ def test_mutated_image_bytes_only_ever_raise_image_read_error(
     if cut is not None:
         data = data[: cut % (len(data) + 1)]
     data += junk
+    with tempfile.NamedTemporaryFile(suffix=".img") as handle:
+        handle.write(bytes(data))
+        handle.flush()
+        try:
+            probe_image(handle.name)
+        except ImageReadError as exc:
+            assert exc.code and exc.reason
+            probed = False
+        else:
+            probed = True
     try:
         image = open_rgb(bytes(data))
     except ImageReadError as exc:
+        # ingest marks what the probe accepts as usable: decoding it later must work too
+        assert not probed, f"probe accepted what decoding refuses: {exc.reason}"
         assert exc.code and exc.reason
     else:
         assert image.mode == "RGB" and image.width >= 1 and image.height >= 1
@@ -389,8 +411,6 @@ def test_mutated_image_bytes_only_ever_raise_image_read_error(
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(name=st.text(max_size=250))
 def test_random_dataset_names_are_registered_exactly_or_refused(name: str) -> None:
-    import tempfile
-
     files = [UploadedFile(f"{i}.png", SEEDS[1], "ab"[i % 2]) for i in range(2)]
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace(Path(tmp) / "ws")

@@ -14,6 +14,7 @@ from typing import Any
 
 import psutil
 import pytest
+import torch
 
 from finetune_core import distributed
 from finetune_core.callbacks import LiveState
@@ -435,3 +436,45 @@ def test_ranks_end_with_torchrun_even_when_it_is_killed(demo) -> None:
     finally:
         run.close()
     assert_nothing_left_behind()
+
+
+# ---------------------------------------------------------------------- GPUs (nccl)
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible on this machine")
+def test_all_devices_means_every_visible_gpu() -> None:
+    gpus = torch.cuda.device_count()
+    assert distributed.visible_gpus() == gpus
+    assert distributed.resolve_devices(RunConfig(dataset="d", devices="all")) == gpus
+    assert distributed.is_multi_process(RunConfig(dataset="d", devices="all")) is (gpus > 1)
+    # device=cpu asks for CPU workers: "all" GPUs then means one process
+    assert distributed.resolve_devices(RunConfig(dataset="d", devices="all", device="cpu")) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs at least 2 CUDA GPUs")
+def test_two_gpus_train_with_nccl_through_the_manager(workspace: Workspace) -> None:
+    ds = create_demo_dataset(workspace, per_class=40, size=64)
+    manager = JobManager(workspace)
+    try:
+        config = tiny(
+            ds.id,
+            devices=2,
+            device="auto",
+            mixed_precision="auto",
+            channels_last=True,
+            image_size=64,
+            batch_size=32,
+            lr=2e-3,
+            epochs=4,
+            num_threads=0,
+        )
+        run_id = manager.submit(config)
+        assert manager.wait(run_id, timeout=300) == RunStatus.SUCCEEDED
+        run = workspace.get_run(run_id)
+        assert run.epochs_run == 4 and run.best_val_accuracy > 1 / 3
+        launch_log = (workspace.run_dir(run_id) / distributed.LAUNCH_LOG).read_text()
+        assert "Traceback" not in launch_log
+        assert_nothing_left_behind()
+    finally:
+        manager.shutdown()
