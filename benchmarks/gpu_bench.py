@@ -35,7 +35,6 @@ from finetune_core.data.augment import augment_normalized  # noqa: E402
 from finetune_core.store import Workspace  # noqa: E402
 from finetune_core.trainer import Trainer  # noqa: E402
 
-
 DEVICE = "cuda"
 
 
@@ -63,9 +62,20 @@ def ours(ws, ds, arch: str, batch: int, batches: int) -> dict:
     stop = threading.Event()
     clock = Clock(stop, warm_epochs=1, batches=batches)
     cfg = RunConfig(
-        dataset=ds.id, model=arch, weights="none", strategy="full", epochs=20,
-        image_size=224, batch_size=batch, lr=1e-3, optimizer="sgd", augmentation="light",
-        mixed_precision="bf16", channels_last=True, early_stopping=False, device=DEVICE,
+        dataset=ds.id,
+        model=arch,
+        weights="none",
+        strategy="full",
+        epochs=20,
+        image_size=224,
+        batch_size=batch,
+        lr=1e-3,
+        optimizer="sgd",
+        augmentation="light",
+        mixed_precision="bf16",
+        channels_last=True,
+        early_stopping=False,
+        device=DEVICE,
     )
     run_dir = Path(tempfile.mkdtemp())
     trainer = Trainer(cfg, ds, run_dir, ws.cache_dir, callbacks=[clock], stop_event=stop)
@@ -79,7 +89,7 @@ def ours(ws, ds, arch: str, batch: int, batches: int) -> dict:
     sync()
     t = time.perf_counter()
     for i in range(batches):
-        idx = order[(i * batch) % (len(images) - batch):][:batch]
+        idx = order[(i * batch) % (len(images) - batch) :][:batch]
         xb = augment_normalized(images[idx], "light", trainer.mean, trainer.std, gen)
         xb = xb.contiguous(memory_format=torch.channels_last)
     sync()
@@ -90,12 +100,20 @@ def ours(ws, ds, arch: str, batch: int, batches: int) -> dict:
     x = images[:batch]
     with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
         for _ in range(3):
-            model.features(augment_normalized(x, "none", trainer.mean, trainer.std).contiguous(memory_format=torch.channels_last))
+            model.features(
+                augment_normalized(x, "none", trainer.mean, trainer.std).contiguous(
+                    memory_format=torch.channels_last
+                )
+            )
         sync()
         t = time.perf_counter()
         reps = 10
         for _ in range(reps):
-            model.features(augment_normalized(x, "none", trainer.mean, trainer.std).contiguous(memory_format=torch.channels_last))
+            model.features(
+                augment_normalized(x, "none", trainer.mean, trainer.std).contiguous(
+                    memory_format=torch.channels_last
+                )
+            )
         sync()
     feat_ips = reps * batch / (time.perf_counter() - t)
     return {
@@ -103,7 +121,9 @@ def ours(ws, ds, arch: str, batch: int, batches: int) -> dict:
         "data_fraction": round(data_s / step_s, 4),
         "feature_images_per_second": round(feat_ips, 1),
         "cache_on_gpu": images.is_cuda,
-        "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if DEVICE == "cuda" else None,
+        "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if DEVICE == "cuda"
+        else None,
     }
 
 
@@ -142,8 +162,15 @@ def main() -> int:
         row: dict = {"arch": arch}
         for workers in (0, 8):
             res = seed_loop(
-                folder, None, arch=arch, epochs=1, batch_size=args.batch, image_size=224,
-                device=DEVICE, num_workers=workers, max_batches=args.batches,
+                folder,
+                None,
+                arch=arch,
+                epochs=1,
+                batch_size=args.batch,
+                image_size=224,
+                device=DEVICE,
+                num_workers=workers,
+                max_batches=args.batches,
             )
             row[f"seed_w{workers}"] = round(res.images_per_second, 1)
             print(arch, f"seed loop workers={workers}", row[f"seed_w{workers}"], flush=True)

@@ -84,7 +84,9 @@ def cpu_markdown(r: dict[str, Any]) -> str:
             f"| e. ingest + health, {ing['images']} JPEGs | {ing['images_per_s']} img/s, "
             f"peak RSS growth {ing['peak_rss_growth_mb']} MB | | | flat memory |"
         )
-        lines.append(f"| e. decode-cache build | {e['decode_cache_images_per_second']} img/s | | | |")
+        lines.append(
+            f"| e. decode-cache build | {e['decode_cache_images_per_second']} img/s | | | |"
+        )
         lines.append(
             f"| e. feature cache (probe run incl. model build) | "
             f"{e['feature_cache_images_per_second_upper_bound']} img/s | | | |"

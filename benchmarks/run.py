@@ -63,9 +63,18 @@ class Size:
 
 
 TOY = Size(
-    per_class=6, classes=2, image_size=32, batch_size=8, probe_epochs=2, repeats=1,
-    ft_batches=2, overhead_images=16, scale_image_size=32, ingest_images=40,
-    cache_images=60, ram_budget_mb=0,
+    per_class=6,
+    classes=2,
+    image_size=32,
+    batch_size=8,
+    probe_epochs=2,
+    repeats=1,
+    ft_batches=2,
+    overhead_images=16,
+    scale_image_size=32,
+    ingest_images=40,
+    cache_images=60,
+    ram_budget_mb=0,
 )
 
 
@@ -91,8 +100,13 @@ class Figures:
 # ---------------------------------------------------------------------------- data
 def make_bench_folder(root: Path, size: Size, seed: int = 0) -> Path:
     """JPEGs of varied sizes in train/ and val/ class folders (ImageFolder layout)."""
-    source = make_demo_folder(root / "src", classes=size.classes, per_class=size.per_class,
-                              size=160 if size.image_size > 64 else 48, seed=seed)
+    source = make_demo_folder(
+        root / "src",
+        classes=size.classes,
+        per_class=size.per_class,
+        size=160 if size.image_size > 64 else 48,
+        seed=seed,
+    )
     rng = np.random.default_rng(seed)
     out = root / "data"
     for class_dir in sorted(source.iterdir()):
@@ -132,9 +146,16 @@ def case_probe(ctx: dict[str, Any], size: Size) -> dict[str, Any]:
     for r in range(size.repeats):
         shutil.rmtree(ws.cache_dir, ignore_errors=True)  # no cached features or images
         cfg = RunConfig(
-            dataset=ctx["dataset"].id, model="resnet18", weights=str(ctx["init"]),
-            strategy="probe", epochs=size.probe_epochs, image_size=size.image_size,
-            batch_size=size.batch_size, lr=1e-2, augmentation="none", early_stopping=False,
+            dataset=ctx["dataset"].id,
+            model="resnet18",
+            weights=str(ctx["init"]),
+            strategy="probe",
+            epochs=size.probe_epochs,
+            image_size=size.image_size,
+            batch_size=size.batch_size,
+            lr=1e-2,
+            augmentation="none",
+            early_stopping=False,
         )
         run_dir = ctx["tmp"] / f"probe-{r}"
         run_dir.mkdir()
@@ -145,9 +166,14 @@ def case_probe(ctx: dict[str, Any], size: Size) -> dict[str, Any]:
         if r == 0:  # the seed loop is slow; once is enough for a 10x comparison
             start = time.perf_counter()
             seed = seed_loop(
-                ctx["folder"] / "train", ctx["folder"] / "val", arch="resnet18",
-                state_dict=torch.load(ctx["init"], weights_only=True), epochs=size.probe_epochs,
-                batch_size=size.batch_size, image_size=size.image_size, head_only=True,
+                ctx["folder"] / "train",
+                ctx["folder"] / "val",
+                arch="resnet18",
+                state_dict=torch.load(ctx["init"], weights_only=True),
+                epochs=size.probe_epochs,
+                batch_size=size.batch_size,
+                image_size=size.image_size,
+                head_only=True,
                 warmup_batches=0,
             )
             seed_s.add(time.perf_counter() - start)
@@ -164,7 +190,9 @@ def case_probe(ctx: dict[str, Any], size: Size) -> dict[str, Any]:
     }
 
 
-def _ours_full_images_per_second(ctx, size: Size, precision: str, channels_last: bool) -> tuple[float, float | None]:
+def _ours_full_images_per_second(
+    ctx, size: Size, precision: str, channels_last: bool
+) -> tuple[float, float | None]:
     """Training images/s over ``ft_batches`` batches of a full fine-tune (decode cache warm)."""
     ws: Workspace = ctx["ws"]
     stop = threading.Event()
@@ -180,10 +208,19 @@ def _ours_full_images_per_second(ctx, size: Size, precision: str, channels_last:
                     stop.set()
 
     cfg = RunConfig(
-        dataset=ctx["dataset"].id, model="resnet18", weights=str(ctx["init"]), strategy="full",
-        epochs=1, image_size=size.image_size, batch_size=size.batch_size, lr=1e-3,
-        optimizer="sgd", augmentation="none", mixed_precision=precision,
-        channels_last=channels_last, early_stopping=False,
+        dataset=ctx["dataset"].id,
+        model="resnet18",
+        weights=str(ctx["init"]),
+        strategy="full",
+        epochs=1,
+        image_size=size.image_size,
+        batch_size=size.batch_size,
+        lr=1e-3,
+        optimizer="sgd",
+        augmentation="none",
+        mixed_precision=precision,
+        channels_last=channels_last,
+        early_stopping=False,
     )
     run_dir = Path(tempfile.mkdtemp(dir=ctx["tmp"]))
     Trainer(cfg, ctx["dataset"], run_dir, ws.cache_dir, callbacks=[Clock()], stop_event=stop).fit()
@@ -205,8 +242,13 @@ def case_finetune(ctx: dict[str, Any], size: Size) -> dict[str, Any]:
         for name, (precision, cl) in variants.items():
             figs[name].add(_ours_full_images_per_second(ctx, size, precision, cl)[0])
         res = seed_loop(
-            ctx["folder"] / "train", None, arch="resnet18", state_dict=init, epochs=1,
-            batch_size=size.batch_size, image_size=size.image_size,
+            ctx["folder"] / "train",
+            None,
+            arch="resnet18",
+            state_dict=init,
+            epochs=1,
+            batch_size=size.batch_size,
+            image_size=size.image_size,
             max_batches=size.ft_batches,
         )
         seed_f.add(res.images_per_second)
@@ -229,13 +271,22 @@ def case_accuracy_bf16(ctx: dict[str, Any], size: Size) -> dict[str, Any]:
     out = {}
     for precision in ("off", "bf16"):
         cfg = RunConfig(
-            dataset=ctx["dataset"].id, model="resnet18", weights=str(ctx["init"]),
-            strategy="probe", epochs=size.probe_epochs, image_size=size.image_size,
-            batch_size=size.batch_size, lr=1e-2, augmentation="none",
-            mixed_precision=precision, early_stopping=False,
+            dataset=ctx["dataset"].id,
+            model="resnet18",
+            weights=str(ctx["init"]),
+            strategy="probe",
+            epochs=size.probe_epochs,
+            image_size=size.image_size,
+            batch_size=size.batch_size,
+            lr=1e-2,
+            augmentation="none",
+            mixed_precision=precision,
+            early_stopping=False,
         )
         run_dir = Path(tempfile.mkdtemp(dir=ctx["tmp"]))
-        out[precision] = Trainer(cfg, ctx["dataset"], run_dir, ctx["ws"].cache_dir).fit().best_val_accuracy
+        out[precision] = (
+            Trainer(cfg, ctx["dataset"], run_dir, ctx["ws"].cache_dir).fit().best_val_accuracy
+        )
     out["difference_points"] = round(100 * (out["bf16"] - out["off"]), 2)
     return out
 
@@ -248,9 +299,16 @@ def case_overhead(ctx: dict[str, Any], size: Size) -> dict[str, Any]:
 
     def cfg() -> RunConfig:
         return RunConfig(
-            dataset=sub.id, model="resnet18", weights=str(ctx["init"]), strategy="full",
-            epochs=1, image_size=size.image_size, batch_size=size.batch_size, lr=1e-3,
-            augmentation="light", early_stopping=False,
+            dataset=sub.id,
+            model="resnet18",
+            weights=str(ctx["init"]),
+            strategy="full",
+            epochs=1,
+            image_size=size.image_size,
+            batch_size=size.batch_size,
+            lr=1e-3,
+            augmentation="light",
+            early_stopping=False,
         )
 
     manager = JobManager(ws)
@@ -290,9 +348,15 @@ def case_responsiveness(ctx: dict[str, Any], size: Size) -> dict[str, Any]:
     try:
         for _ in range(size.repeats):
             cfg = RunConfig(
-                dataset=ctx["dataset"].id, model="resnet18", weights=str(ctx["init"]),
-                strategy="full", epochs=3, image_size=size.image_size,
-                batch_size=size.batch_size, lr=1e-3, early_stopping=False,
+                dataset=ctx["dataset"].id,
+                model="resnet18",
+                weights=str(ctx["init"]),
+                strategy="full",
+                epochs=3,
+                image_size=size.image_size,
+                batch_size=size.batch_size,
+                lr=1e-3,
+                early_stopping=False,
             )
             start = time.perf_counter()
             run_id = manager.submit(cfg)
@@ -339,8 +403,14 @@ def case_scale(ctx: dict[str, Any], size: Size) -> dict[str, Any]:
     out["decode_cache_images_per_second"] = round(n / (time.perf_counter() - start), 1)
     shutil.rmtree(ws.cache_dir / "features", ignore_errors=True)
     cfg = RunConfig(
-        dataset=ds.id, model="resnet18", weights=str(ctx["init"]), strategy="probe", epochs=1,
-        image_size=size.image_size, batch_size=size.batch_size, augmentation="none",
+        dataset=ds.id,
+        model="resnet18",
+        weights=str(ctx["init"]),
+        strategy="probe",
+        epochs=1,
+        image_size=size.image_size,
+        batch_size=size.batch_size,
+        augmentation="none",
         early_stopping=False,
     )
     start = time.perf_counter()
@@ -365,9 +435,15 @@ def case_scale(ctx: dict[str, Any], size: Size) -> dict[str, Any]:
                         Image.fromarray(arr).save(dest / f"{copy}_{f.name}", "JPEG", quality=95)
         sub = ingest(ws, folder, name=f"scale-{mult}").dataset
         cfg = RunConfig(
-            dataset=sub.id, model="resnet18", weights=str(ctx["init"]), strategy="full",
-            epochs=2, image_size=size.scale_image_size, batch_size=size.batch_size,
-            augmentation="light", early_stopping=False,
+            dataset=sub.id,
+            model="resnet18",
+            weights=str(ctx["init"]),
+            strategy="full",
+            epochs=2,
+            image_size=size.scale_image_size,
+            batch_size=size.batch_size,
+            augmentation="light",
+            early_stopping=False,
         )
         res = Trainer(cfg, sub, Path(tempfile.mkdtemp(dir=ctx["tmp"])), ws.cache_dir).fit()
         epoch_s[f"{mult}x ({len(sub.rows('train'))} images)"] = round(res.history[-1]["seconds"], 2)
@@ -411,9 +487,19 @@ def _spill_rss(ctx: dict[str, Any], size: Size) -> dict[str, Any]:
     """Peak RSS of a fresh process decoding ``cache_images`` images under a RAM budget."""
     folder = ctx["folder"] / "train" / sorted(os.listdir(ctx["folder"] / "train"))[0]
     proc = subprocess.run(
-        [sys.executable, "-c", SPILL_SCRIPT, str(size.cache_images), str(size.image_size),
-         str(size.ram_budget_mb), str(folder), str(ctx["tmp"] / "spill.u8")],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            SPILL_SCRIPT,
+            str(size.cache_images),
+            str(size.image_size),
+            str(size.ram_budget_mb),
+            str(folder),
+            str(ctx["tmp"] / "spill.u8"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["met"] = result["memory_mapped"] and result["peak_growth_mb"] < result["ram_budget_mb"]
@@ -427,9 +513,19 @@ def case_listing(ctx: dict[str, Any], size: Size) -> dict[str, Any]:
     ws_root = ctx["tmp"] / "ws-1000"
     ws = Workspace(ws_root)
     for i in range(1000 if size.repeats > 1 else 50):
-        ws.add_run(RunRecord(id=f"{new_id('r')}-{i}", status=RunStatus.SUCCEEDED, name=f"run {i}",
-                             model="resnet18", strategy="probe", best_val_accuracy=0.5,
-                             epochs_run=3, train_seconds=12.0, creator="bench"))
+        ws.add_run(
+            RunRecord(
+                id=f"{new_id('r')}-{i}",
+                status=RunStatus.SUCCEEDED,
+                name=f"run {i}",
+                model="resnet18",
+                strategy="probe",
+                best_val_accuracy=0.5,
+                epochs_run=3,
+                train_seconds=12.0,
+                creator="bench",
+            )
+        )
     start = time.perf_counter()
     runs = ws.list_runs()
     list_s = time.perf_counter() - start
@@ -482,14 +578,25 @@ def run(cases: list[str], size: Size, keep: Path | None = None) -> dict[str, Any
         ws = Workspace(tmp / "ws")
         folder = make_bench_folder(tmp / "bench", size)
         dataset = ingest(ws, folder, name="bench").dataset
-        small = ingest(ws, _subset(folder, tmp / "small", size.overhead_images), name="small").dataset
+        small = ingest(
+            ws, _subset(folder, tmp / "small", size.overhead_images), name="small"
+        ).dataset
         init = shared_init("resnet18", size.classes, tmp / "init.pt")
-        ctx = {"ws": ws, "folder": folder, "dataset": load_dataset(ws, dataset.id),
-               "small_dataset": small, "init": init, "tmp": tmp}
+        ctx = {
+            "ws": ws,
+            "folder": folder,
+            "dataset": load_dataset(ws, dataset.id),
+            "small_dataset": small,
+            "init": init,
+            "tmp": tmp,
+        }
         results: dict[str, Any] = {"environment": environment(), "size": size.__dict__}
         results["data"] = {
-            "train_images": len(dataset.rows("train")), "val_images": len(dataset.rows("val")),
-            "classes": size.classes, "image_size": size.image_size, "batch_size": size.batch_size,
+            "train_images": len(dataset.rows("train")),
+            "val_images": len(dataset.rows("val")),
+            "classes": size.classes,
+            "image_size": size.image_size,
+            "batch_size": size.batch_size,
         }
         for name in cases:
             start = time.perf_counter()

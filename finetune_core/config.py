@@ -128,7 +128,9 @@ class RunConfig:
         if self.model == "custom" and not self.weights.endswith(".pt2"):
             out.append("The custom model needs a .pt2 backbone file as its weights.")
         dev = self.device
-        if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        if not (
+            dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())
+        ):
             out.append(f"device must be auto, cpu, cuda, cuda:N or mps (got {dev!r}).")
         out.extend(self._scale_out_problems())
         return out

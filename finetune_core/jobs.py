@@ -355,15 +355,13 @@ class _StoreEpochs(Callback):
         self.workspace, self.run_id = workspace, run_id
 
     def on_epoch_end(self, trainer: Any, logs: dict[str, Any]) -> None:
-        try:
+        with contextlib.suppress(StoreError):  # the run was deleted meanwhile
             self.workspace.update_run(
                 self.run_id,
                 epochs_run=len(trainer.history),
                 best_epoch=trainer.best_epoch,
                 best_val_accuracy=trainer.best_val_accuracy,
             )
-        except StoreError:
-            pass
 
 
 def _describe(exc: BaseException) -> str:

@@ -175,7 +175,7 @@ def _encode(record: Any) -> dict[str, Any]:
 
 def _decode(cls: type, row: sqlite3.Row) -> Any:
     names = {f.name for f in fields(cls)}
-    values = {k: row[k] for k in row.keys() if k in names}
+    values = {k: row[k] for k in row.keys() if k in names}  # noqa: SIM118 (sqlite3.Row)
     for key in _JSON_FIELDS & values.keys():
         values[key] = json.loads(values[key])
     return cls(**values)
@@ -280,9 +280,13 @@ class Workspace:
         return [_decode(DatasetRecord, r) for r in rows]
 
     def find_dataset_by_name(self, name: str) -> DatasetRecord | None:
-        row = self._conn().execute(
-            "SELECT * FROM datasets WHERE name=? ORDER BY created_at DESC LIMIT 1", (name,)
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT * FROM datasets WHERE name=? ORDER BY created_at DESC LIMIT 1", (name,)
+            )
+            .fetchone()
+        )
         return _decode(DatasetRecord, row) if row else None
 
     def rename_dataset(self, dataset_id: str, name: str) -> None:

@@ -30,7 +30,7 @@ from finetune_core.callbacks import Callback, EarlyStopping, MetricsLogger
 from finetune_core.checkpoint import load_checkpoint, save_checkpoint
 from finetune_core.config import RunConfig
 from finetune_core.data.augment import augment_normalized, normalize
-from finetune_core.data.cache import DecodedImages, decoded_split
+from finetune_core.data.cache import decoded_split
 from finetune_core.fsutil import atomic_write_json
 from finetune_core.schedules import LRSchedule, build_optimizer, discriminative_lrs
 
@@ -196,7 +196,9 @@ class Trainer:
             self.log("warning: no validation images; the best epoch is chosen by training loss")
         if self.device.type == "cuda":
             self._move_cache_to_gpu()
-        counts = torch.bincount(self.train_data.labels.cpu(), minlength=len(self.class_names)).float()
+        counts = torch.bincount(
+            self.train_data.labels.cpu(), minlength=len(self.class_names)
+        ).float()
         self.class_counts = counts
         self.log(
             f"cached {len(self.train_data)} train and {len(self.val_data)} val images at {size}px"

@@ -71,7 +71,7 @@ def run_ingest(source: object, name: str, split: SplitSpec) -> None:
             )
         except IngestError as exc:
             status.update(label="Import failed", state="error")
-            st.error(public(str(exc)), icon=":material/error:")
+            st.error(esc(public(str(exc))), icon=":material/error:")
             return
         except Exception as exc:  # a bug, not bad input: still a readable message
             status.update(label="Import failed", state="error")
@@ -205,9 +205,9 @@ def classes_tab(name: str, split: SplitSpec) -> None:
             if not label:
                 problems.append("Every class with images needs a name.")
             elif label.lower() in seen:
-                problems.append(f"The class name {label!r} is used twice.")
+                problems.append(f"The class name '{esc(label)}' is used twice.")
             elif not files:
-                problems.append(f"The class {label!r} has no images yet.")
+                problems.append(f"The class '{esc(label)}' has no images yet.")
             seen.add(label.lower())
             uploads += [UploadedFile(f.name, f.getvalue(), label=label) for f in files]
         if len(seen) < 2 and not problems:
@@ -238,7 +238,7 @@ def csv_tab(name: str, split: SplitSpec) -> None:
                 [(f.name, f.getvalue()) for f in images],
             )
         except IngestError as exc:
-            st.error(public(str(exc)), icon=":material/error:")
+            st.error(esc(public(str(exc))), icon=":material/error:")
             return
         try:
             run_ingest(staged.source, name.strip() or default_name(csv_file.name), split)
@@ -292,7 +292,7 @@ def finding_block(dataset: Dataset, finding: Finding, index: int) -> None:
         finding.severity, ":material/info:"
     )
     with st.container(gap="xxsmall"):
-        show(finding.message, icon=icon)
+        show(esc(finding.message), icon=icon)
         if not finding.files:
             return  # class findings name their classes in the message
         files = finding_files(dataset, finding)
@@ -308,11 +308,10 @@ def finding_block(dataset: Dataset, finding: Finding, index: int) -> None:
                         f"First {len(shown)} of {len(viewable)} images; all are listed below."
                     )
             table = pd.DataFrame(
-                [
-                    {"File": f.source, "Class": f.label or "–", "Reason": f.reason or "–"}
-                    for f in files
-                ]  # fmt: skip
+                [{"File": f.source, "Class": f.label or "–", "Reason": f.reason} for f in files]
             )
+            if not any(f.reason for f in files):
+                table = table.drop(columns="Reason")
             st.dataframe(table, hide_index=True, width="stretch", key=f"finding_table_{index}")
             if finding.count > len(files):
                 st.caption(f"{len(files)} of {finding.count} files listed.")
@@ -386,9 +385,9 @@ def manage_section(dataset: Dataset) -> None:
                     raise StoreError(f"A dataset named {new_name.strip()!r} already exists.")
                 guarded_rename_dataset(ws, me, dataset.id, new_name)
             except (StoreError, PermissionDenied) as exc:
-                st.error(public(str(exc)))
+                st.error(esc(public(str(exc))))
             else:
-                st.session_state["data_flash"] = f"Renamed to {new_name.strip()}."
+                st.session_state["data_flash"] = f"Renamed to {esc(new_name.strip())}."
                 st.rerun()
     with right, st.container(border=True):
         used = [r for r in ws.list_runs() if r.dataset_id == dataset.id]
@@ -416,11 +415,11 @@ def manage_section(dataset: Dataset) -> None:
             try:
                 guarded_delete_dataset(ws, me, dataset.id)
             except (StoreError, PermissionDenied) as exc:
-                st.error(public(str(exc)))
+                st.error(esc(public(str(exc))))
                 return
             st.session_state.pop("data_dataset", None)
             st.query_params.pop("dataset", None)
-            st.session_state["data_flash"] = f"Deleted {dataset.name}."
+            st.session_state["data_flash"] = f"Deleted {esc(dataset.name)}."
             st.rerun()
 
 
@@ -440,7 +439,7 @@ def dataset_section() -> None:
     try:
         dataset = load_dataset(ws, record.id)
     except DatasetNotFound as exc:
-        st.error(public(str(exc)))
+        st.error(esc(public(str(exc))))
         return
     st.divider()
     with st.container(horizontal=True, vertical_alignment="center"):

@@ -91,7 +91,7 @@ def evaluate_now() -> None:
             evaluate_run(folder, workspace=ws, cache_dir=ws.cache_dir, progress=st.write)
         except RunError as exc:
             status.update(label="Evaluation failed", state="error")
-            st.error(public(str(exc)))
+            st.error(esc(public(str(exc))))
             return
         except Exception as exc:
             status.update(label="Evaluation failed", state="error")
@@ -212,7 +212,7 @@ preds = [p for p in predictions(folder.path) if p.get("split") == split]
 if preds and len({p["pred"] for p in preds}) == 1 and len(class_names) > 1:
     st.warning(
         f"Every {SPLIT_NAMES.get(split, split).lower()} image is predicted as the same class "
-        f"({preds[0]['pred']!r}): the model has not learned to tell the classes apart. Train longer, "
+        f"('{esc(preds[0]['pred'])}'): the model has not learned to tell the classes apart. Train longer, "
         "use pretrained weights, or check the data.",
         icon=":material/warning:",
     )
@@ -281,7 +281,7 @@ with tabs[0]:
         with st.container(horizontal=True):
             for n, pair in enumerate(confused[:6]):
                 st.button(
-                    f"{pair['true']} → {pair['pred']} ({pair['count']})",
+                    f"{esc(pair['true'])} → {esc(pair['pred'])} ({pair['count']})",
                     key=f"confused_{n}",
                     on_click=choose_cell,
                     args=(pair["true_index"], pair["pred_index"]),

@@ -164,7 +164,7 @@ with st.container(border=True):
             try:
                 new_id = manager.rerun(run.id, creator=current_user())
             except JobError as exc:
-                st.error(public(str(exc)))
+                st.error(esc(public(str(exc))))
             else:
                 st.switch_page("pages/training.py", query_params={"run": new_id})
         if run.status in RunStatus.RESUMABLE and st.button(
@@ -174,7 +174,7 @@ with st.container(border=True):
             try:
                 guarded_resume(manager, ws, me, run.id)
             except (JobError, PermissionDenied, StoreError) as exc:
-                st.error(str(exc))
+                st.error(esc(str(exc)))
             else:
                 st.switch_page("pages/training.py", query_params={"run": run.id})
         if run.status == RunStatus.QUEUED and st.button(
@@ -183,7 +183,7 @@ with st.container(border=True):
             try:
                 guarded_stop(manager, ws, me, run.id)
             except (PermissionDenied, StoreError) as exc:
-                st.error(str(exc))
+                st.error(esc(str(exc)))
             else:
                 st.rerun()
 
@@ -199,7 +199,7 @@ with st.container(border=True):
                     raise StoreError("A run name cannot be empty.")
                 guarded_rename_run(ws, me, run.id, new_name)
             except (PermissionDenied, StoreError) as exc:
-                st.error(str(exc))
+                st.error(esc(str(exc)))
             else:
                 st.rerun()
     with right:
@@ -217,7 +217,7 @@ with st.container(border=True):
                     guarded_stop(manager, ws, me, run.id)
                 guarded_delete_run(ws, me, run.id)
             except (PermissionDenied, StoreError) as exc:
-                st.error(str(exc))
+                st.error(esc(str(exc)))
             else:
                 st.session_state.pop("runs_run", None)
                 st.query_params.pop("run", None)

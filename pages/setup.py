@@ -81,7 +81,10 @@ def store() -> dict[str, Any]:
 
 
 def val(name: str) -> Any:
-    return store()[name]
+    values = store()
+    if name not in values:  # a field added to RunConfig since this session started
+        values[name] = {**DEFAULTS.to_dict(), **EXTRA}[name]
+    return values[name]
 
 
 def put(name: str, value: Any) -> None:
@@ -97,7 +100,7 @@ def _sync(name: str) -> None:
 def bind(name: str) -> dict[str, Any]:
     """Widget arguments that tie the widget to ``store()[name]``."""
     if key(name) not in st.session_state:
-        st.session_state[key(name)] = store()[name]
+        st.session_state[key(name)] = val(name)
     return {"key": key(name), "on_change": _sync, "args": (name,)}
 
 
@@ -158,13 +161,13 @@ record = pick_dataset(records, key="setup_dataset")
 try:
     dataset: Dataset = load_dataset(ws, record.id)
 except DatasetNotFound as exc:
-    st.error(public(str(exc)))
+    st.error(esc(public(str(exc))))
     st.stop()
 train_count = len(dataset.rows("train"))
 if dataset.health.blocks_training:
     st.error(
         "This dataset has errors that block training: "
-        + " ".join(f.message for f in dataset.health.errors)
+        + esc(" ".join(f.message for f in dataset.health.errors))
         + " Fix them on the Data page.",
         icon=":material/block:",
     )
@@ -289,7 +292,7 @@ def weights_upload(kind: str, suffixes: tuple[str, ...]) -> str | None:
                 save_weights_upload(uploads_dir(), upload.name, upload.getvalue(), suffixes)
             )
         except ValueError as exc:
-            st.error(public(str(exc)))
+            st.error(esc(public(str(exc))))
             return None
     return saved[upload.file_id]
 
@@ -320,7 +323,7 @@ with weights_col:
                 try:
                     download_imagenet_weights(model_name, on_bytes)
                 except WeightsError as exc:
-                    st.error(public(str(exc)))
+                    st.error(esc(public(str(exc))))
                 else:
                     architectures.clear()
                     st.rerun()
@@ -455,7 +458,7 @@ with st.expander("Advanced settings", icon=":material/settings:"):
         try:
             uploaded = RunConfig.from_json(loaded.getvalue().decode("utf-8", "replace"))
         except ConfigError as exc:
-            st.error(public(str(exc)))
+            st.error(esc(public(str(exc))))
         else:
             st.session_state["config_loaded"] = loaded.file_id
             st.session_state["setup_pending_config"] = uploaded.to_dict()

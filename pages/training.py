@@ -160,7 +160,7 @@ def controls(record: RunRecord, snap: Progress) -> None:
                 try:
                     guarded_stop(manager, ws, me, record.id)
                 except (PermissionDenied, StoreError) as exc:
-                    st.error(str(exc))
+                    st.error(esc(str(exc)))
                 else:
                     st.rerun(scope="app")
         elif record.status == RunStatus.RUNNING and st.button(
@@ -173,7 +173,7 @@ def controls(record: RunRecord, snap: Progress) -> None:
             try:
                 guarded_stop(manager, ws, me, record.id)
             except (PermissionDenied, StoreError) as exc:
-                st.error(str(exc))
+                st.error(esc(str(exc)))
             else:
                 st.toast("Stopping after the current batch; the best model is kept.")
 
@@ -207,7 +207,7 @@ def live_view(run_id: str, was_active: bool) -> None:
     )
     if snap.log:
         with st.expander("Log", expanded=still_active, icon=":material/notes:"):
-            st.code("\n".join(snap.log[-LOG_LINES:]), language="text")
+            st.code(public("\n".join(snap.log[-LOG_LINES:])), language="text")
 
 
 def final_state(record: RunRecord) -> None:
@@ -218,7 +218,7 @@ def final_state(record: RunRecord) -> None:
             icon=":material/check_circle:",
         )
         if record.error:  # post-run step (evaluation/report) failed
-            st.warning(record.error)
+            st.warning(esc(public(record.error)))
     elif record.status == RunStatus.FAILED:
         error_box(
             f"The run failed: {record.error or 'no reason was recorded.'}",
@@ -227,7 +227,7 @@ def final_state(record: RunRecord) -> None:
     elif record.status in RunStatus.RESUMABLE:
         reason = (record.error or "The run was stopped").strip().rstrip(".")
         st.info(
-            f"{public(reason[:1].upper() + reason[1:])}. It can resume from its last checkpoint.",
+            f"{esc(public(reason[:1].upper() + reason[1:]))}. It can resume from its last checkpoint.",
             icon=":material/pause_circle:",
         )
     with st.container(horizontal=True):
@@ -248,7 +248,7 @@ def final_state(record: RunRecord) -> None:
             try:
                 guarded_resume(manager, ws, user(), record.id)
             except (JobError, PermissionDenied, StoreError) as exc:
-                st.error(str(exc))
+                st.error(esc(str(exc)))
             else:
                 st.rerun()
         if st.button(
@@ -260,7 +260,7 @@ def final_state(record: RunRecord) -> None:
             try:
                 new_id = manager.rerun(record.id, creator=current_user())
             except JobError as exc:
-                st.error(str(exc))
+                st.error(esc(str(exc)))
             else:
                 st.query_params["run"] = new_id
                 st.session_state["training_run"] = new_id

@@ -9,6 +9,7 @@ shuts the manager down.
 from __future__ import annotations
 
 import io
+import re
 import time
 import zipfile
 from collections.abc import Iterator
@@ -66,12 +67,17 @@ def assert_ok(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
+def plain(markdown: str) -> str:
+    """Markdown as read on screen: backslash escapes (see ui.components.esc) removed."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
 def texts(at: AppTest) -> str:
     """Everything a user reads on the page, as one string."""
     parts = []
     for kind in ("title", "header", "subheader", "markdown", "caption", "info", "success",
                  "warning", "error", "text", "code"):  # fmt: skip
-        parts += [str(e.value) for e in getattr(at, kind)]
+        parts += [plain(str(e.value)) for e in getattr(at, kind)]
     return "\n".join(parts)
 
 
@@ -437,7 +443,9 @@ def test_training_page_shows_a_failed_run_with_its_traceback(app_ws: Workspace) 
         )
     )
     at = open_page("training", run="r-20260101-000000-dead")
-    assert "The run failed: CUDA out of memory even at batch size 1" in [e.value for e in at.error]
+    assert "The run failed: CUDA out of memory even at batch size 1" in [
+        plain(e.value) for e in at.error
+    ]
     assert any("RuntimeError: oom" in c.value for c in at.code)
     assert at.expander and at.expander[0].label == "Details"
 
@@ -592,3 +600,40 @@ def test_evaluation_page_report_download_and_verified_export(
     assert (folder.path / "export" / "checkpoint.zip").is_file()
     checks = next(df.value for df in at.dataframe if "Verified" in df.value.columns)
     assert list(checks["Verified"]) == ["yes"]
+
+
+def test_a_dataset_with_errors_blocks_training_on_data_and_setup(
+    app_ws: Workspace, tmp_path: Path
+) -> None:
+    from finetune_core.data import ingest
+
+    src = tmp_path / "one-class"
+    (src / "cat").mkdir(parents=True)
+    for i in range(4):
+        (src / "cat" / f"{i}.png").write_bytes(png((10 * i, 100, 100)))
+    dataset = ingest(app_ws, src, name="only cats").dataset
+    assert dataset.health.blocks_training
+
+    at = open_page("data", dataset=dataset.id)
+    assert any("Training is blocked" in e.value for e in at.error)
+    assert any("Only one class" in e.value for e in at.error)
+    link = next(p for p in at.get("page_link") if p.proto.label == "Train a model on it")
+    assert link.proto.disabled
+
+    at = open_page("setup", dataset=dataset.id)
+    assert any("errors that block training" in e.value for e in at.error)
+    assert at.button(key="start").disabled
+    assert at.button(key="lr_find").disabled
+
+
+def test_user_strings_are_shown_literally_never_as_markup(app_ws: Workspace) -> None:
+    from ui.components import esc
+
+    dataset = create_demo_dataset(app_ws, per_class=6, size=32)
+    name = "**Cats** <img src=x onerror=alert(1)> :red[x]"
+    app_ws.rename_dataset(dataset.id, name)
+    at = open_page("data", dataset=dataset.id)
+    assert esc(name) in [h.value for h in at.header]
+    assert plain(esc(name)) == " ".join(name.split())
+    at = open_page("setup", dataset=dataset.id)
+    assert_ok(at)

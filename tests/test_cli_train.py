@@ -15,7 +15,10 @@ def run_cli(*args: str, workspace: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "FINETUNE_WORKSPACE": str(workspace)}
     return subprocess.run(
         [sys.executable, "-m", "finetune_core", *args],
-        capture_output=True, text=True, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
 
 
@@ -23,9 +26,29 @@ def test_train_from_a_folder_writes_metrics(tmp_path: Path) -> None:
     folder = make_demo_folder(tmp_path / "shapes", classes=3, per_class=12, size=40)
     out = tmp_path / "run"
     proc = run_cli(
-        "train", "--data", str(folder), "--model", "resnet18", "--weights", "none",
-        "--strategy", "probe", "--epochs", "4", "--image-size", "32", "--batch-size", "16",
-        "--lr", "0.02", "--seed", "3", "--set", "channels_last=false", "--out", str(out),
+        "train",
+        "--data",
+        str(folder),
+        "--model",
+        "resnet18",
+        "--weights",
+        "none",
+        "--strategy",
+        "probe",
+        "--epochs",
+        "4",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.02",
+        "--seed",
+        "3",
+        "--set",
+        "channels_last=false",
+        "--out",
+        str(out),
         workspace=tmp_path / "ws",
     )
     assert proc.returncode == 0, proc.stderr
@@ -43,13 +66,25 @@ def test_train_from_a_folder_writes_metrics(tmp_path: Path) -> None:
 def test_bad_arguments_exit_non_zero_with_a_message(tmp_path: Path) -> None:
     folder = make_demo_folder(tmp_path / "shapes", classes=3, per_class=6, size=32)
     proc = run_cli(
-        "train", "--data", str(folder), "--strategy", "probe", "--epochs", "0",
-        "--out", str(tmp_path / "run"), workspace=tmp_path / "ws",
+        "train",
+        "--data",
+        str(folder),
+        "--strategy",
+        "probe",
+        "--epochs",
+        "0",
+        "--out",
+        str(tmp_path / "run"),
+        workspace=tmp_path / "ws",
     )
     assert proc.returncode == 2
     assert "epochs must be between 1 and 10000" in proc.stderr
     proc = run_cli(
-        "train", "--data", "no-such-dataset", "--out", str(tmp_path / "run2"),
+        "train",
+        "--data",
+        "no-such-dataset",
+        "--out",
+        str(tmp_path / "run2"),
         workspace=tmp_path / "ws",
     )
     assert proc.returncode == 2
@@ -67,10 +102,30 @@ def test_offline_imagenet_weights_fail_with_a_clear_message(tmp_path: Path) -> N
         "FINETUNE_WEIGHTS_MIRROR": "http://127.0.0.1:9/",
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "finetune_core", "train", "--data", str(folder), "--model",
-         "resnet18", "--weights", "imagenet", "--strategy", "probe", "--epochs", "1",
-         "--image-size", "32", "--out", str(tmp_path / "run")],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "finetune_core",
+            "train",
+            "--data",
+            str(folder),
+            "--model",
+            "resnet18",
+            "--weights",
+            "imagenet",
+            "--strategy",
+            "probe",
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 1, proc.stderr
     assert "resnet18-" in proc.stderr and str(env_home) in proc.stderr

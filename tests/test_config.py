@@ -28,7 +28,9 @@ def test_every_problem_is_reported() -> None:
 def test_custom_backbone_requires_probe() -> None:
     cfg = RunConfig(dataset="d", model="custom", weights="bb.pt2", strategy="finetune")
     assert any("probe" in p for p in cfg.problems())
-    assert RunConfig(dataset="d", model="custom", weights="bb.pt2", strategy="probe").problems() == []
+    assert (
+        RunConfig(dataset="d", model="custom", weights="bb.pt2", strategy="probe").problems() == []
+    )
 
 
 def test_from_dict_rejects_unknown_and_mistyped() -> None:

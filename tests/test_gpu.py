@@ -16,14 +16,24 @@ pytestmark = [
 
 
 @pytest.mark.parametrize(
-    ("strategy", "precision"), [("full", "auto"), ("full", "fp16"), ("probe", "bf16"), ("finetune", "off")]
+    ("strategy", "precision"),
+    [("full", "auto"), ("full", "fp16"), ("probe", "bf16"), ("finetune", "off")],
 )
 def test_trainer_runs_on_cuda(workspace, tmp_path, strategy, precision) -> None:
     ds = create_demo_dataset(workspace, per_class=40, size=64)
     cfg = RunConfig(
-        dataset=ds.id, model="resnet18", weights="none", strategy=strategy, epochs=4,
-        image_size=64, batch_size=32, lr=1e-2 if strategy == "probe" else 2e-3,
-        mixed_precision=precision, channels_last=True, device="cuda", early_stopping=False,
+        dataset=ds.id,
+        model="resnet18",
+        weights="none",
+        strategy=strategy,
+        epochs=4,
+        image_size=64,
+        batch_size=32,
+        lr=1e-2 if strategy == "probe" else 2e-3,
+        mixed_precision=precision,
+        channels_last=True,
+        device="cuda",
+        early_stopping=False,
     )
     trainer = Trainer(cfg, ds, tmp_path, workspace.cache_dir)
     result = trainer.fit()
@@ -47,8 +57,14 @@ def test_cuda_out_of_memory_is_recovered(workspace, tmp_path, monkeypatch) -> No
     monkeypatch.setattr(models.Classifier, "forward", forward)
     ds = create_demo_dataset(workspace, per_class=12, size=48)
     cfg = RunConfig(
-        dataset=ds.id, model="resnet18", weights="none", strategy="full", epochs=1,
-        image_size=48, batch_size="auto", device="cuda",
+        dataset=ds.id,
+        model="resnet18",
+        weights="none",
+        strategy="full",
+        epochs=1,
+        image_size=48,
+        batch_size="auto",
+        device="cuda",
     )
     result = Trainer(cfg, ds, tmp_path, workspace.cache_dir).fit()
     assert result.status == "SUCCEEDED" and result.batch_size <= 16

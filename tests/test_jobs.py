@@ -20,8 +20,16 @@ def demo_ws(workspace: Workspace) -> tuple[Workspace, Any]:
 
 def quick(dataset_id: str, **changes: Any) -> RunConfig:
     base = dict(
-        dataset=dataset_id, model="resnet18", weights="none", strategy="probe", epochs=3,
-        image_size=32, batch_size=16, lr=1e-2, channels_last=False, mixed_precision="off",
+        dataset=dataset_id,
+        model="resnet18",
+        weights="none",
+        strategy="probe",
+        epochs=3,
+        image_size=32,
+        batch_size=16,
+        lr=1e-2,
+        channels_last=False,
+        mixed_precision="off",
     )
     base.update(changes)
     return RunConfig(**base)
@@ -146,6 +154,8 @@ def test_bad_requests_are_explained(demo_ws) -> None:
 
 
 def test_cli_command_round_trips_non_default_fields() -> None:
-    cmd = cli_command(RunConfig(dataset="pets", epochs=7, label_smoothing=0.1, augmentation="strong"))
+    cmd = cli_command(
+        RunConfig(dataset="pets", epochs=7, label_smoothing=0.1, augmentation="strong")
+    )
     assert "--data pets" in cmd and "--epochs 7" in cmd
     assert "--set augmentation=strong" in cmd and "--set label_smoothing=0.1" in cmd

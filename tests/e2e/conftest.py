@@ -1,0 +1,105 @@
+"""End-to-end fixtures: the real app (``streamlit run app.py``) in headless Chromium.
+
+- ``app_server`` (one per test module): the app on a free port with its own workspace;
+  a module adds server environment (e.g. a password) by overriding ``app_env``.
+- ``browser`` (one per session): Debian's Chromium driven by Playwright.
+- ``page`` / ``new_page``: pages whose console errors and page errors fail the test.
+- ``shot(page, name)``: a screenshot at ``artifacts/e2e/<test>-<name>.png``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from e2e_helpers import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    VIEWPORT,
+    AppServer,
+    ConsoleLog,
+    start_server,
+    stop_server,
+)
+
+
+@pytest.fixture(scope="module")
+def app_env() -> dict[str, str]:
+    """Extra server environment; a test module overrides it."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def app_server(
+    tmp_path_factory: pytest.TempPathFactory, app_env: dict[str, str]
+) -> Iterator[AppServer]:
+    workspace = tmp_path_factory.mktemp("e2e") / "workspace"
+    server = start_server(workspace, app_env)
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    if not CHROMIUM.exists():
+        pytest.skip(
+            "Chromium not found: apt-get install -y chromium (Debian) to run the browser tests"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def console() -> ConsoleLog:
+    return ConsoleLog()
+
+
+@pytest.fixture
+def new_page(browser, console: ConsoleLog) -> Iterator[Callable[..., object]]:
+    """``new_page()`` opens a page in a fresh browser context (a separate user). Every
+    page of those contexts is watched; a console error or page error fails the test."""
+    contexts = []
+
+    def open_page(**context_args):
+        context = browser.new_context(viewport=VIEWPORT, accept_downloads=True, **context_args)
+        context.set_default_timeout(30_000)
+        context.on("page", console.watch)
+        contexts.append(context)
+        return context.new_page()
+
+    yield open_page
+    for context in contexts:
+        context.close()
+    console.assert_clean()
+
+
+@pytest.fixture
+def page(new_page):
+    return new_page()
+
+
+@pytest.fixture
+def shot(request: pytest.FixtureRequest) -> Callable[[object, str], Path]:
+    """``shot(page, name)``: save a full-page screenshot for a person to look at."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    test = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+
+    def take(page, name: str) -> Path:
+        path = ARTIFACTS / f"{test}-{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+    return take
