@@ -12,13 +12,13 @@ st.set_page_config(
 )
 
 PAGES = [
-    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/data.py", title="Data", icon=":material/folder_open:"),
-    st.Page("pages/setup.py", title="Setup", icon=":material/tune:"),
-    st.Page("pages/training.py", title="Training", icon=":material/monitoring:"),
-    st.Page("pages/evaluation.py", title="Evaluation", icon=":material/analytics:"),
-    st.Page("pages/predict.py", title="Predict", icon=":material/image_search:"),
-    st.Page("pages/runs.py", title="Runs", icon=":material/list:"),
+    st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("views/data.py", title="Data", icon=":material/folder_open:"),
+    st.Page("views/setup.py", title="Setup", icon=":material/tune:"),
+    st.Page("views/training.py", title="Training", icon=":material/monitoring:"),
+    st.Page("views/evaluation.py", title="Evaluation", icon=":material/analytics:"),
+    st.Page("views/predict.py", title="Predict", icon=":material/image_search:"),
+    st.Page("views/runs.py", title="Runs", icon=":material/list:"),
 ]
 
 
@@ -40,7 +40,7 @@ def job_badge() -> None:
             else:
                 st.badge("idle", icon=":material/check:", color="green")
         if running or queued:
-            st.page_link("pages/training.py", label="Watch training", icon=":material/monitoring:")
+            st.page_link("views/training.py", label="Watch training", icon=":material/monitoring:")
 
 
 user = require_login()  # stops here with a sign-in screen until someone is signed in

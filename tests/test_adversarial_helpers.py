@@ -115,16 +115,17 @@ CHROMIUM_ARGS = [
 ]
 
 
-def settle(page: Any, text: str | None = None, timeout: float = 60.0) -> str:
-    """Wait until the app shows ``text`` (when given) and no script run is in progress;
-    return the page's text."""
+def settle(page: Any, text: str | None = None, timeout: float = 60.0, idle: bool = True) -> str:
+    """Wait until the app shows ``text`` (when given) and, with ``idle``, no script run is
+    in progress (a live page reruns its fragment every second: pass idle=False); return
+    the page's text."""
     page.wait_for_selector('[data-testid="stApp"]', timeout=timeout * 1000)
     deadline = time.monotonic() + timeout
     body = ""
     while time.monotonic() < deadline:
         time.sleep(0.3)
         body = page.inner_text("body")
-        running = page.locator('[data-testid="stStatusWidget"]').count()
+        running = idle and page.locator('[data-testid="stStatusWidget"]').count()
         drawn = page.locator('[data-testid="stMainBlockContainer"] h1').count()
         if drawn and not running and (text is None or text in body):
             return body

@@ -115,7 +115,7 @@ def test_ten_sessions_watch_one_run_without_errors_and_see_the_same_epoch(tmp_pa
                 session.goto(url, wait_until="commit", timeout=120_000)
                 pages.append(session)
             for session in pages:
-                settle(session, "Epoch ", timeout=180)
+                settle(session, "Epoch ", timeout=180, idle=False)
             loaded = [completed_epochs(ws, run_id)]
             end = time.monotonic() + LOADED_S
             while time.monotonic() < end:

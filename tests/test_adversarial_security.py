@@ -209,13 +209,13 @@ def test_non_admins_see_file_names_not_server_paths(password_app: Workspace) -> 
             ),
         )
     )
-    for page in ("pages/training.py", "pages/runs.py"):
+    for page in ("views/training.py", "views/runs.py"):
         shown = everything_shown(signed_in("bob", page, run="r-20260101-000000-beef"))
         bob = shown.replace("\\", "")  # markdown escapes ("000001\\-x\\.png")
         assert "000001-x.png" in bob
         for path in (str(ws.root), str(ROOT), "/usr/lib"):
             assert path not in bob, (page, path)
-    carol = everything_shown(signed_in("carol", "pages/training.py", run="r-20260101-000000-beef"))
+    carol = everything_shown(signed_in("carol", "views/training.py", run="r-20260101-000000-beef"))
     assert secret in carol  # admins see the whole story
 
 
@@ -234,12 +234,12 @@ def test_a_signed_in_user_cannot_stop_someone_elses_running_run(password_app: Wo
         guarded_stop(manager, ws, User("bob"), run_id)
     assert manager.running() == run_id
 
-    bob = signed_in("bob", "pages/training.py", run=run_id)
+    bob = signed_in("bob", "views/training.py", run=run_id)
     stop = bob.button(key="stop_run")
     assert stop.disabled and "Only alice or an admin" in stop.help
     assert manager.running() == run_id and ws.get_run(run_id).status == RunStatus.RUNNING
 
-    alice = signed_in("alice", "pages/training.py", run=run_id)
+    alice = signed_in("alice", "views/training.py", run=run_id)
     assert alice.button(key="stop_run").disabled is False
     alice.button(key="stop_run").click().run()
     assert manager.wait(run_id, timeout=60) == RunStatus.STOPPED

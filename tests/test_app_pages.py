@@ -31,13 +31,13 @@ from ui import services
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = {
-    "home": ("pages/home.py", "Finetune Dashboard"),
-    "data": ("pages/data.py", "Data"),
-    "setup": ("pages/setup.py", "Setup"),
-    "training": ("pages/training.py", "Training"),
-    "evaluation": ("pages/evaluation.py", "Evaluation"),
-    "predict": ("pages/predict.py", "Predict"),
-    "runs": ("pages/runs.py", "Runs"),
+    "home": ("views/home.py", "Finetune Dashboard"),
+    "data": ("views/data.py", "Data"),
+    "setup": ("views/setup.py", "Setup"),
+    "training": ("views/training.py", "Training"),
+    "evaluation": ("views/evaluation.py", "Evaluation"),
+    "predict": ("views/predict.py", "Predict"),
+    "runs": ("views/runs.py", "Runs"),
 }
 
 
@@ -198,7 +198,7 @@ def test_password_mode_signs_in_and_limits_changes_to_the_creator(
     assert at.metric, "the home page shows after signing in"
     assert "Signed in as bob" in [t.value for t in at.sidebar.text]
 
-    at.switch_page("pages/runs.py").run()
+    at.switch_page("views/runs.py").run()
     assert_ok(at)
     assert at.button(key="runs_delete").disabled and at.button(key="runs_rename").disabled
     assert "Only alice or an admin can change this run." in at.button(key="runs_rename").help
@@ -206,7 +206,7 @@ def test_password_mode_signs_in_and_limits_changes_to_the_creator(
 
     admin = AppTest.from_file(APP, default_timeout=60).run()
     sign_in(admin, "Carol", "s3cret")
-    admin.switch_page("pages/runs.py").run()
+    admin.switch_page("views/runs.py").run()
     admin.checkbox(key="runs_delete_confirm_r-20260101-000000-a11c").check().run()
     admin.button(key="runs_delete").click().run()
     assert_ok(admin)

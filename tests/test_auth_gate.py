@@ -192,5 +192,7 @@ def test_no_page_of_the_real_app_renders_before_sign_in(
     for name in ACCESS_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FINETUNE_PASSWORD", "pw")
+    # the root cause: Streamlit auto-serves a folder named pages/ beside the main script
+    assert not (ROOT / "pages").exists(), "page scripts must live in views/, not pages/"
     assert app_page_scripts(ROOT)
     assert pages_reached_without_sign_in(ROOT) == []

@@ -61,9 +61,9 @@ def _start_manager(root: str) -> JobManager:
 
 
 def get_workspace() -> Workspace:
-    # Every page calls this first. On a fresh server Streamlit serves the scripts in pages/
-    # on their own (without app.py's gate) until a session has run st.navigation, so a
-    # page opened directly must still ask for sign-in here.
+    # Every page calls this first. Page scripts live in views/ (Streamlit would serve a
+    # pages/ folder on its own, without app.py's gate); asking for sign-in here as well
+    # keeps any page that is ever run directly behind the gate too.
     if get_script_run_ctx() is not None:
         require_login()
     return _open_workspace(str(workspace_root()))

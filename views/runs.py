@@ -41,7 +41,7 @@ st.title("Runs")
 runs = ws.list_runs()
 if not runs:
     st.info("No runs yet. Configure one on the Setup page.", icon=":material/info:")
-    st.page_link("pages/setup.py", label="Set up a run", icon=":material/tune:")
+    st.page_link("views/setup.py", label="Set up a run", icon=":material/tune:")
     st.stop()
 
 datasets = {d.id: d.name for d in ws.list_datasets()}
@@ -152,11 +152,11 @@ with st.container(border=True):
     with st.container(horizontal=True):
         has_model = (ws.run_dir(run.id) / "checkpoints" / "best.pt").exists()
         if has_model and run.status not in RunStatus.ACTIVE:
-            st.page_link("pages/evaluation.py", label="Evaluation", icon=":material/analytics:",
+            st.page_link("views/evaluation.py", label="Evaluation", icon=":material/analytics:",
                          query_params={"run": run.id})  # fmt: skip
-            st.page_link("pages/predict.py", label="Predict", icon=":material/image_search:",
+            st.page_link("views/predict.py", label="Predict", icon=":material/image_search:",
                          query_params={"run": run.id})  # fmt: skip
-        st.page_link("pages/training.py", label="Training view", icon=":material/monitoring:",
+        st.page_link("views/training.py", label="Training view", icon=":material/monitoring:",
                      query_params={"run": run.id})  # fmt: skip
         if st.button("Re-run", icon=":material/replay:", key="runs_rerun",
                      disabled=not can_start(me),
@@ -166,7 +166,7 @@ with st.container(border=True):
             except JobError as exc:
                 st.error(esc(public(str(exc))))
             else:
-                st.switch_page("pages/training.py", query_params={"run": new_id})
+                st.switch_page("views/training.py", query_params={"run": new_id})
         if run.status in RunStatus.RESUMABLE and st.button(
             "Resume", icon=":material/play_arrow:", key="runs_resume", disabled=not allowed,
             help=why or "Continue from the last checkpoint.",
@@ -176,7 +176,7 @@ with st.container(border=True):
             except (JobError, PermissionDenied, StoreError) as exc:
                 st.error(esc(str(exc)))
             else:
-                st.switch_page("pages/training.py", query_params={"run": run.id})
+                st.switch_page("views/training.py", query_params={"run": run.id})
         if run.status == RunStatus.QUEUED and st.button(
             "Cancel", icon=":material/cancel:", key="runs_cancel", disabled=not allowed, help=why
         ):

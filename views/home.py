@@ -67,7 +67,7 @@ def start_demo(train: bool) -> None:
         if not train:
             status.update(label="Demo dataset ready", state="complete")
             st.switch_page(
-                "pages/setup.py", query_params={"dataset": dataset.id, "preset": "quick"}
+                "views/setup.py", query_params={"dataset": dataset.id, "preset": "quick"}
             )
         config = demo_config(dataset.id, pretrained_available=imagenet_cached("resnet18"))
         try:
@@ -77,7 +77,7 @@ def start_demo(train: bool) -> None:
             error_box(str(exc), exc)
             return
         status.update(label="Demo run queued", state="complete")
-    st.switch_page("pages/training.py", query_params={"run": run_id})
+    st.switch_page("views/training.py", query_params={"run": run_id})
 
 
 left, right = st.columns(2, gap="medium")
@@ -110,8 +110,8 @@ with right, st.container(border=True, height="stretch"):
         "4. **Evaluation** — confusion matrix, mistakes, report and export."
     )
     with st.container(horizontal=True):
-        st.page_link("pages/data.py", label="Add a dataset", icon=":material/upload:")
-        st.page_link("pages/runs.py", label="All runs", icon=":material/list:")
+        st.page_link("views/data.py", label="Add a dataset", icon=":material/upload:")
+        st.page_link("views/runs.py", label="All runs", icon=":material/list:")
 
 st.subheader("Recent runs")
 recent = ws.list_runs(limit=5)
@@ -126,9 +126,9 @@ for run in recent:
             f"{fmt_when(run.created_at)}"
         )
         target = (
-            "pages/training.py"
+            "views/training.py"
             if run.status in RunStatus.ACTIVE or run.status == RunStatus.FAILED
-            else "pages/evaluation.py"
+            else "views/evaluation.py"
         )
         st.page_link(
             target, label="Open", icon=":material/open_in_new:", query_params={"run": run.id}

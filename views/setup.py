@@ -154,7 +154,7 @@ if not records:
         "dataset on the Home page.",
         icon=":material/info:",
     )
-    st.page_link("pages/data.py", label="Add a dataset", icon=":material/upload:")
+    st.page_link("views/data.py", label="Add a dataset", icon=":material/upload:")
     st.stop()
 
 record = pick_dataset(records, key="setup_dataset")
@@ -624,4 +624,4 @@ if st.button(
     except JobError as exc:
         error_box(str(exc))
     else:
-        st.switch_page("pages/training.py", query_params={"run": run_id})
+        st.switch_page("views/training.py", query_params={"run": run_id})

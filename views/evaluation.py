@@ -58,7 +58,7 @@ if not candidates:
         "No trained model to evaluate yet. Runs appear here once they have saved a model.",
         icon=":material/info:",
     )
-    st.page_link("pages/setup.py", label="Set up a run", icon=":material/tune:")
+    st.page_link("views/setup.py", label="Set up a run", icon=":material/tune:")
     st.stop()
 
 run = pick_run(candidates, key="eval_run")

@@ -45,7 +45,7 @@ st.title("Training")
 runs = ws.list_runs()
 if not runs:
     st.info("No runs yet. Configure one on the Setup page.", icon=":material/info:")
-    st.page_link("pages/setup.py", label="Set up a run", icon=":material/tune:")
+    st.page_link("views/setup.py", label="Set up a run", icon=":material/tune:")
     st.stop()
 
 active_ids = [r.id for r in runs if r.status in RunStatus.ACTIVE]
@@ -233,7 +233,7 @@ def final_state(record: RunRecord) -> None:
     with st.container(horizontal=True):
         if record.status in (RunStatus.SUCCEEDED, RunStatus.STOPPED) or record.best_epoch:
             st.page_link(
-                "pages/evaluation.py",
+                "views/evaluation.py",
                 label="Open the evaluation",
                 icon=":material/analytics:",
                 query_params={"run": record.id},

@@ -457,7 +457,7 @@ def dataset_section() -> None:
     )
     with st.container(horizontal=True):
         st.page_link(
-            "pages/setup.py",
+            "views/setup.py",
             label="Train a model on it",
             icon=":material/tune:",
             query_params={"dataset": dataset.id},

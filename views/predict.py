@@ -29,7 +29,7 @@ candidates = [
 if not candidates:
     st.info("No trained model yet. Train one first; it appears here when it has saved a model.",
             icon=":material/info:")  # fmt: skip
-    st.page_link("pages/setup.py", label="Set up a run", icon=":material/tune:")
+    st.page_link("views/setup.py", label="Set up a run", icon=":material/tune:")
     st.stop()
 
 run = pick_run(candidates, key="predict_run", label="Model (run)")
