@@ -154,6 +154,8 @@ def training_curves(history: list[dict], best_epoch: int | None = None) -> go.Fi
     _shade_phases(fig, history, epochs)
     if best_epoch is not None:
         _mark_best(fig, history, epochs, best_epoch)
+    if epochs:
+        fig.update_xaxes(range=[min(epochs) - 0.4, max(epochs) + 0.4])
 
     lrs = [v for v in (_num(row.get("lr")) for row in history) if v is not None]
     if lrs and min(lrs) > 0 and max(lrs) / min(lrs) > 10:
@@ -208,6 +210,8 @@ def _mark_best(fig: go.Figure, history: list[dict], epochs: list[float], best: i
     fig.add_vline(
         x=best, line={"color": BEST_COLOR, "dash": "dash", "width": 1.5}, row=1, col="all"
     )
+    # Label on the side with room, so the text never widens the axis past the last epoch.
+    right_half = bool(epochs) and best > (min(epochs) + max(epochs)) / 2
     fig.add_annotation(
         x=best,
         y=1.0,
@@ -215,9 +219,9 @@ def _mark_best(fig: go.Figure, history: list[dict], epochs: list[float], best: i
         yref="y domain",
         text=f"best epoch {best}",
         showarrow=False,
-        xanchor="left",
+        xanchor="right" if right_half else "left",
         yanchor="top",
-        xshift=4,
+        xshift=-4 if right_half else 4,
         font={"color": BEST_COLOR, "size": 12},
     )
     rows = [row for row, e in zip(history, epochs, strict=True) if e == best]

@@ -36,6 +36,8 @@ def suggest_lr(lrs: list[float], losses: list[float]) -> float | None:
     if len(losses) < 5:
         return None
     cut = int(min(range(len(losses)), key=losses.__getitem__))
+    if losses[cut] > 0.95 * losses[0]:
+        return None  # the loss never really fell: no rate to recommend
     if cut < 3:
         return lrs[max(0, cut)] / 10
     logs = [math.log10(x) for x in lrs[: cut + 1]]
@@ -102,5 +104,10 @@ def find_lr(
         if smooth > 4 * best or (stop_event is not None and stop_event.is_set()):
             break
     suggested = suggest_lr(lrs, smoothed)
-    note = "" if suggested else "Too few steps to suggest a rate; keep the default."
+    note = (
+        ""
+        if suggested
+        else "The loss did not fall during the sweep (or it was too short), so there is no "
+        "rate to suggest; keep the default."
+    )
     return LRFinderResult(lrs, smoothed, suggested, note)

@@ -768,7 +768,11 @@ class Trainer:
         epoch = logs.get("epoch", 0)
         if steps and epoch:
             step = logs.get("step", 0)
-            per_step = (now - self._epoch_start) / max(1, step)
+            if step >= 3 or not self.history:
+                per_step = (now - self._epoch_start) / max(1, step)
+            else:  # the first steps of an epoch say little: use the last epoch's pace
+                last = self.history[-1]
+                per_step = last["seconds"] / max(1, steps)
             remaining = (steps - step) + (self.total_epochs - epoch) * steps
             eta = remaining * per_step
         es = self.early_stopping

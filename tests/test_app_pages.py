@@ -345,6 +345,22 @@ def test_setup_explains_invalid_settings_inline(app_ws: Workspace) -> None:
     assert download is not None
 
 
+def test_setup_offers_several_gpus_only_when_visible(
+    app_ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from finetune_core import distributed
+
+    dataset = create_demo_dataset(app_ws, per_class=6, size=32)
+    at = open_page("setup", dataset=dataset.id)
+    assert not [s for s in at.selectbox if s.label == "GPUs"]
+    monkeypatch.setattr(distributed, "visible_gpus", lambda: 4)
+    at = open_page("setup", dataset=dataset.id)
+    [gpus] = [s for s in at.selectbox if s.label == "GPUs"]
+    assert list(gpus.options) == ["1", "2", "3", "4", "all"]
+    gpus.set_value(2).run()
+    assert "--set devices=2" in at.code[-1].value
+
+
 def test_setup_start_submits_the_run_and_opens_training(app_ws: Workspace) -> None:
     dataset = create_demo_dataset(app_ws, per_class=8, size=32)
     at = open_page("setup", dataset=dataset.id)

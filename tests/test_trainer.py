@@ -276,3 +276,32 @@ def test_probe_resume_continues_from_the_folded_head(demo, tmp_path) -> None:
     assert [r["epoch"] for r in second.history] == list(range(1, 7))
     # training went on from where it was, not from scratch: the loss keeps falling
     assert second.history[3]["train_loss"] <= first.history[2]["train_loss"] * 1.05
+
+
+def test_lr_finder_suggests_a_rate_only_when_the_loss_falls() -> None:
+    from finetune_core.lr_finder import suggest_lr
+
+    lrs = [1e-6 * 10 ** (i / 10) for i in range(60)]
+    falling = [2.0 - 1.5 / (1 + __import__("math").exp(-(i - 30) / 4)) for i in range(50)] + [
+        3.0 + i for i in range(10)
+    ]
+    suggested = suggest_lr(lrs, falling)
+    assert suggested is not None and lrs[20] <= suggested <= lrs[40]
+    assert suggest_lr(lrs, [1.1] * 60) is None  # flat: nothing to recommend
+    assert suggest_lr(lrs[:3], [1.0, 0.9, 0.8]) is None
+
+
+def test_lr_finder_sweeps_the_real_model(demo, tmp_path) -> None:
+    from finetune_core.lr_finder import find_lr
+
+    ws, ds = demo
+    seen: list[int] = []
+    result = find_lr(
+        tiny_config(ds.id, strategy="finetune"), ds, ws.cache_dir, num_steps=30,
+        progress=lambda done, total: seen.append(done),
+    )
+    assert 5 <= len(result.lrs) <= 30 and len(result.lrs) == len(result.losses)
+    assert result.lrs == sorted(result.lrs) and result.lrs[0] == pytest.approx(1e-7)
+    assert seen[: len(result.lrs)] == list(range(1, len(result.lrs) + 1))
+    assert result.suggested is None or result.lrs[0] <= result.suggested <= result.lrs[-1]
+    assert not (ws.cache_dir / "lr_finder" / "checkpoints").exists()  # the sweep saves nothing

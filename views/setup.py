@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from finetune_core import charts
+from finetune_core import charts, distributed
 from finetune_core.access import can_start
 from finetune_core.config import (
     AUGMENTATIONS,
@@ -445,6 +445,13 @@ with st.expander("Advanced settings", icon=":material/settings:"):
                     help="Faster convolutions on most GPUs and recent CPUs.")  # fmt: skip
         st.text_input("Device", **bind("device"),
                       help="auto, cpu, cuda, cuda:N or mps.")  # fmt: skip
+        gpus = distributed.visible_gpus()
+        if gpus > 1:  # several GPUs: one process per GPU through torchrun + DDP
+            st.selectbox(
+                "GPUs", distributed.device_count_options(gpus), **bind("devices"),
+                help=f"{gpus} GPUs are visible. More than 1 launches torchrun with one process "
+                "per GPU (DistributedDataParallel); the batch size is the global batch.",
+            )  # fmt: skip
         st.number_input("CPU threads (0 = all)", 0, 1024, **bind("num_threads"))
         st.number_input("Seed", 0, 2**31 - 1, **bind("seed"),
                         help="Same seed, data and settings: the same run.")  # fmt: skip

@@ -21,6 +21,7 @@ from e2e_helpers import (
     VIEWPORT,
     AppServer,
     ConsoleLog,
+    full_page_screenshot,
     start_server,
     stop_server,
 )
@@ -99,7 +100,7 @@ def shot(request: pytest.FixtureRequest) -> Callable[[object, str], Path]:
 
     def take(page, name: str) -> Path:
         path = ARTIFACTS / f"{test}-{name}.png"
-        page.screenshot(path=str(path), full_page=True)
+        full_page_screenshot(page, path)
         return path
 
     return take

@@ -6,6 +6,7 @@ from here (``from e2e_helpers import wait_idle``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -35,7 +36,20 @@ STATUS_WIDGET = '[data-testid="stStatusWidget"]'
 # Anything else logged at "error" level, and every uncaught page error, fails the test.
 HARMLESS_CONSOLE: list[tuple[re.Pattern[str], str]] = [
     # Chromium asks for /favicon.ico on its own (e.g. for the report opened from file://).
-    (re.compile(r"favicon\.ico"), "the browser's own favicon request"),
+    (re.compile(r"/favicon\.ico$"), "the browser's own favicon request"),
+    # Opened on a deep link (/data, /training ...), Streamlit's frontend looks for its
+    # server one path level at a time: /data/_stcore/health and /data/_stcore/host-config
+    # answer 404 before /_stcore/... answers. Only sub-paths match; the root never does.
+    (
+        re.compile(r"^https?://[^/]+/[^/?#]+/_stcore/(health|host-config)$"),
+        "Streamlit looking for its base path on a deep link",
+    ),
+    # The page icon (:material/...:) is a favicon Streamlit loads from Google's font CDN;
+    # the test machines have no internet, so the request fails. The app does not need it.
+    (
+        re.compile(r"^https://fonts\.gstatic\.com/s/i/short-term/release/materialsymbols"),
+        "the Material page-icon favicon from Google's CDN (no internet here)",
+    ),
 ]
 
 
@@ -110,14 +124,10 @@ def stop_server(server: AppServer) -> None:
         os.killpg(group, signal.SIGTERM)
     except ProcessLookupError:
         return
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         server.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        pass
-    try:  # the leader has gone; make sure no helper of it is left behind
+    with contextlib.suppress(ProcessLookupError):  # no helper of it may be left behind
         os.killpg(group, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     if server.process.poll() is None:
         server.process.wait(timeout=10)
 
@@ -137,7 +147,10 @@ class ConsoleLog:
         if msg.type != "error":
             return
         where = (msg.location or {}).get("url", "")
-        if any(p.search(msg.text) or p.search(where) for p, _why in HARMLESS_CONSOLE):
+        # Failed requests log "Failed to load resource" with the resource as location.
+        if msg.text.startswith("Failed to load resource") and any(
+            p.search(where) for p, _why in HARMLESS_CONSOLE
+        ):
             return
         self.errors.append(f"{page.url}: console error: {msg.text} (at {where or '?'})")
 
@@ -174,3 +187,103 @@ def open_app(page, server: AppServer, path: str = "/", timeout: float = 60.0) ->
     """Go to ``path`` of the app and wait for its script run to finish."""
     page.goto(server.url + path)
     wait_idle(page, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- the app's widgets
+def main(page):
+    """The page's main area (not the sidebar)."""
+    return page.locator('[data-testid="stMain"]')
+
+
+def go_to(page, title: str) -> None:
+    """Click a page in the sidebar navigation, as a user would."""
+    nav = page.locator('[data-testid="stSidebarNav"]')
+    nav.get_by_role("link", name=re.compile(rf"\b{re.escape(title)}$", re.I)).first.click()
+    page.wait_for_url(re.compile(rf"/{re.escape(title.lower())}(\?|$)"))
+    wait_idle(page)
+
+
+def click_button(page, name: str, timeout: float = 30.0) -> None:
+    """Click the button whose label contains ``name`` (icons add their own words)."""
+    button = main(page).get_by_role("button", name=re.compile(re.escape(name))).first
+    button.click(timeout=timeout * 1000)
+    wait_idle(page)
+
+
+def widget(page, test_id: str, label: str):
+    """The ``stXxx`` widget whose label is exactly ``label``."""
+    label_el = page.locator(
+        '[data-testid="stWidgetLabel"]', has_text=re.compile(rf"^\s*{re.escape(label)}\s*$")
+    )
+    return page.locator(f'[data-testid="{test_id}"]').filter(has=label_el).first
+
+
+def select_option(page, label: str, option: str) -> None:
+    """Pick ``option`` in the selectbox labelled ``label``."""
+    widget(page, "stSelectbox", label).click()
+    page.get_by_role("option", name=option, exact=True).first.click()
+    wait_idle(page)
+
+
+def selected_option(page, label: str) -> str:
+    """The text a selectbox shows for its current value."""
+    box = widget(page, "stSelectbox", label)
+    text = box.inner_text()
+    return text.split("\n", 1)[1].strip() if "\n" in text else text.strip()
+
+
+def set_number(page, label: str, value: float | int) -> None:
+    """Type a value into the number input labelled ``label`` and commit it (Enter)."""
+    field_ = widget(page, "stNumberInput", label).locator("input")
+    field_.fill(str(value))
+    field_.press("Enter")
+    wait_idle(page)
+    assert float(field_.input_value()) == float(value), f"{label} did not take {value}"
+
+
+def file_input(page, label: str):
+    """The hidden ``input[type=file]`` of the file uploader labelled ``label``."""
+    return widget(page, "stFileUploader", label).locator('input[type="file"]')
+
+
+def metric_value(page, label: str) -> str:
+    """The value shown on the ``st.metric`` card labelled exactly ``label``."""
+    label_el = page.locator(
+        '[data-testid="stMetricLabel"]', has_text=re.compile(rf"^\s*{re.escape(label)}\s*$")
+    )
+    card = main(page).locator('[data-testid="stMetric"]').filter(has=label_el).first
+    return card.locator('[data-testid="stMetricValue"]').inner_text().strip()
+
+
+def alerts(page, kind: str = "Error") -> list[str]:
+    """Texts of the visible ``st.error``/``st.warning``/... boxes in the main area."""
+    boxes = main(page).locator(f'[data-testid="stAlertContent{kind}"]')
+    return [boxes.nth(i).inner_text().strip() for i in range(boxes.count())]
+
+
+def full_page_screenshot(page, path: Path, max_height: int = 8000) -> None:
+    """The whole page, not just the viewport: Streamlit scrolls inside its main area, so
+    the viewport grows to the content for the shot (and shrinks back)."""
+    size = page.viewport_size or VIEWPORT
+    height = page.evaluate(
+        """() => {
+            const inner = document.querySelector('[data-testid="stMainBlockContainer"]');
+            return Math.max(inner ? inner.scrollHeight + 160 : 0, document.body.scrollHeight);
+        }"""
+    )
+    tall = max(size["height"], min(int(height), max_height))
+    try:
+        if tall > size["height"]:
+            page.set_viewport_size({"width": size["width"], "height": tall})
+            page.wait_for_timeout(400)  # charts redraw for the new size
+        page.screenshot(path=str(path))
+    finally:
+        page.set_viewport_size(size)
+
+
+def choose_segment(page, group: str, option: str) -> None:
+    """Pick ``option`` of the segmented control (or radio group) labelled ``group``."""
+    item = main(page).get_by_role("radiogroup", name=group).get_by_role("radio", name=option)
+    item.first.click()
+    wait_idle(page)
+    assert item.first.get_attribute("aria-checked") == "true", f"{option} was not selected"
