@@ -227,7 +227,7 @@ def _binary_curves(positive: np.ndarray, score: np.ndarray, points: int) -> dict
 
     if n_pos and n_neg:
         # Drop points on straight segments (they add size, not shape), as sklearn does.
-        corner = np.r_[True, (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0), True]
+        corner = np.r_[True, (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0), True][: fps.size]
         fpr = np.r_[0.0, fps[corner] / n_neg]
         tpr = np.r_[0.0, tps[corner] / n_pos]
         auc: float | None = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2)

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from finetune_core.store import RunRecord, RunStatus, Workspace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,6 +108,11 @@ def stop_app(proc: subprocess.Popen) -> None:
 
 
 CHROMIUM = Path("/usr/bin/chromium")
+NEEDS_CHROMIUM = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="Chromium is missing at /usr/bin/chromium (apt-get install -y chromium): "
+    "the browser tests cannot run",
+)
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -9,6 +9,7 @@ safe path refused it, not that the payload was broken.
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import io
 import json
@@ -44,10 +45,8 @@ class Payload:
 
 def prove_live(load: Any, marker: Path) -> None:
     """An unsafe load of the same bytes does run the payload (then clean up the marker)."""
-    try:
+    with contextlib.suppress(Exception):  # the payload's return value breaks the load
         load()
-    except Exception:
-        pass
     assert marker.exists(), "the payload should have run under an unsafe load"
     marker.unlink()
 

@@ -35,7 +35,7 @@ from ui.components import (
 )
 from ui.services import current_user, get_job_manager, get_workspace, public, user
 
-POLL_SECONDS = 1.0
+POLL_SECONDS = 2.0  # each viewer's refresh costs the training thread GIL time: keep it calm
 LOG_LINES = 30
 
 ws = get_workspace()
@@ -178,6 +178,13 @@ def controls(record: RunRecord, snap: Progress) -> None:
                 st.toast("Stopping after the current batch; the best model is kept.")
 
 
+@st.cache_resource(max_entries=32, show_spinner=False)
+def shared_curves(run_id: str, epochs: int, best_epoch: int | None, _history: tuple):
+    """The training curves, built once per finished epoch and shared by every session
+    watching: a plotly figure takes ~0.1 s of the GIL, which the training thread needs."""
+    return charts.training_curves(list(_history), best_epoch)
+
+
 @st.fragment(run_every=POLL_SECONDS if is_active(run.id) else None)
 def live_view(run_id: str, was_active: bool) -> None:
     record = ws.get_run(run_id)
@@ -203,7 +210,8 @@ def live_view(run_id: str, was_active: bool) -> None:
         controls(record, snap)
     live_numbers(snap, record, still_active)
     st.plotly_chart(
-        charts.training_curves(list(snap.history), snap.best_epoch), key="training_curves"
+        shared_curves(run_id, len(snap.history), snap.best_epoch, snap.history),
+        key="training_curves",
     )
     if snap.log:
         with st.expander("Log", expanded=still_active, icon=":material/notes:"):

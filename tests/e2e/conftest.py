@@ -68,10 +68,25 @@ def console() -> ConsoleLog:
     return ConsoleLog()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    """Keep each phase's report on the test item, for the fixtures' teardown to read."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+def _test_name(request: pytest.FixtureRequest) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+
+
 @pytest.fixture
-def new_page(browser, console: ConsoleLog) -> Iterator[Callable[..., object]]:
+def new_page(
+    browser, console: ConsoleLog, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., object]]:
     """``new_page()`` opens a page in a fresh browser context (a separate user). Every
-    page of those contexts is watched; a console error or page error fails the test."""
+    page of those contexts is watched; a console error or page error fails the test.
+    When the test fails, each open page is saved as ``<test>-FAILED-<n>.png``."""
     contexts = []
 
     def open_page(**context_args):
@@ -82,6 +97,15 @@ def new_page(browser, console: ConsoleLog) -> Iterator[Callable[..., object]]:
         return context.new_page()
 
     yield open_page
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        pages = [p for c in contexts for p in c.pages]
+        for n, open_ in enumerate(pages):
+            try:
+                full_page_screenshot(open_, ARTIFACTS / f"{_test_name(request)}-FAILED-{n}.png")
+            except Exception as exc:  # a crashed page must not hide the test's own failure
+                print(f"no screenshot of {open_.url}: {exc}")
     for context in contexts:
         context.close()
     console.assert_clean()
@@ -96,7 +120,7 @@ def page(new_page):
 def shot(request: pytest.FixtureRequest) -> Callable[[object, str], Path]:
     """``shot(page, name)``: save a full-page screenshot for a person to look at."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    test = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+    test = _test_name(request)
 
     def take(page, name: str) -> Path:
         path = ARTIFACTS / f"{test}-{name}.png"

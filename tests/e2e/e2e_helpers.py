@@ -203,11 +203,14 @@ def go_to(page, title: str) -> None:
     wait_idle(page)
 
 
-def click_button(page, name: str, timeout: float = 30.0) -> None:
-    """Click the button whose label contains ``name`` (icons add their own words)."""
+def click_button(page, name: str, timeout: float = 30.0, wait: bool = True) -> None:
+    """Click the button whose label contains ``name`` (icons add their own words), then
+    wait for the app to be idle (``wait=False`` where the next page stays busy, e.g. the
+    live training view)."""
     button = main(page).get_by_role("button", name=re.compile(re.escape(name))).first
     button.click(timeout=timeout * 1000)
-    wait_idle(page)
+    if wait:
+        wait_idle(page, timeout=max(60.0, timeout))
 
 
 def widget(page, test_id: str, label: str):
@@ -219,17 +222,18 @@ def widget(page, test_id: str, label: str):
 
 
 def select_option(page, label: str, option: str) -> None:
-    """Pick ``option`` in the selectbox labelled ``label``."""
-    widget(page, "stSelectbox", label).click()
+    """Pick ``option`` in the selectbox labelled ``label``: it is a combo box, so type to
+    filter its list, then click the option."""
+    box = main(page).get_by_role("combobox", name=label, exact=True).first
+    box.fill("")
+    box.press_sequentially(option)
     page.get_by_role("option", name=option, exact=True).first.click()
     wait_idle(page)
 
 
 def selected_option(page, label: str) -> str:
     """The text a selectbox shows for its current value."""
-    box = widget(page, "stSelectbox", label)
-    text = box.inner_text()
-    return text.split("\n", 1)[1].strip() if "\n" in text else text.strip()
+    return main(page).get_by_role("combobox", name=label, exact=True).first.input_value()
 
 
 def set_number(page, label: str, value: float | int) -> None:
@@ -256,9 +260,10 @@ def metric_value(page, label: str) -> str:
 
 
 def alerts(page, kind: str = "Error") -> list[str]:
-    """Texts of the visible ``st.error``/``st.warning``/... boxes in the main area."""
+    """Texts of the ``st.error``/``st.warning``/... boxes in the main area, shown or not
+    (one inside a collapsed expander is in the page but hidden)."""
     boxes = main(page).locator(f'[data-testid="stAlertContent{kind}"]')
-    return [boxes.nth(i).inner_text().strip() for i in range(boxes.count())]
+    return [(boxes.nth(i).text_content() or "").strip() for i in range(boxes.count())]
 
 
 def full_page_screenshot(page, path: Path, max_height: int = 8000) -> None:
@@ -287,3 +292,58 @@ def choose_segment(page, group: str, option: str) -> None:
     item.first.click()
     wait_idle(page)
     assert item.first.get_attribute("aria-checked") == "true", f"{option} was not selected"
+
+
+# ----------------------------------------------------------------------------- training page
+# Points per named line of the training curves, e.g. {"train": 3, "val": 3, ...}.
+CURVES_JS = """() => {
+    const out = {};
+    for (const gd of document.querySelectorAll('[data-testid="stMain"] .js-plotly-plot'))
+        for (const t of gd.data || [])
+            if (t.type === 'scatter' && t.name && t.x)
+                out[t.name] = Math.max(out[t.name] || 0, t.x.length);
+    return out;
+}"""
+# The live view in one go (the page redraws it every second, so no piecemeal reads).
+LIVE_JS = """() => {
+    const main = document.querySelector('[data-testid="stMain"]');
+    const bar = main.querySelector('[data-testid="stProgress"]');
+    const value = bar && bar.querySelector('[role="progressbar"]');
+    return {
+        text: bar ? bar.innerText.trim() : "",
+        value: value ? value.getAttribute('aria-valuenow') : null,
+        finished: main.innerText.includes('Finished: best validation accuracy'),
+    };
+}"""
+
+
+def curve_lengths(page) -> dict[str, int]:
+    """Points per named line of the training curves."""
+    return page.evaluate(CURVES_JS)
+
+
+def live_reading(page) -> dict[str, object]:
+    """What the live training view shows right now: progress text and value (0-100),
+    whether the run has finished, and the number of points on the curves."""
+    reading = page.evaluate(LIVE_JS)
+    reading["points"] = sum(curve_lengths(page).values())
+    return reading
+
+
+def run_id_from_url(url: str) -> str:
+    match = re.search(r"[?&]run=([\w-]+)", url)
+    assert match, f"no run id in {url}"
+    return match.group(1)
+
+
+def watch_training(page, timeout: float = 300.0) -> list[dict[str, object]]:
+    """Read the live view every few tenths of a second until the run has finished."""
+    readings = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reading = live_reading(page)
+        readings.append(reading)
+        if reading["finished"]:
+            return readings
+        time.sleep(0.3)
+    raise AssertionError(f"training did not finish in {timeout} s; last reading {readings[-1]}")
