@@ -297,7 +297,10 @@ def test_lr_finder_sweeps_the_real_model(demo, tmp_path) -> None:
     ws, ds = demo
     seen: list[int] = []
     result = find_lr(
-        tiny_config(ds.id, strategy="finetune"), ds, ws.cache_dir, num_steps=30,
+        tiny_config(ds.id, strategy="finetune"),
+        ds,
+        ws.cache_dir,
+        num_steps=30,
         progress=lambda done, total: seen.append(done),
     )
     assert 5 <= len(result.lrs) <= 30 and len(result.lrs) == len(result.losses)
