@@ -45,7 +45,10 @@ def app_server(
         stop_server(server)
 
 
-@pytest.fixture(scope="session")
+# Module scope: a live sync Playwright leaves an asyncio loop (and a node driver child
+# process) behind, which breaks later tests that start their own Playwright or check
+# that no child process survives.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not CHROMIUM.exists():
         pytest.skip(
