@@ -41,6 +41,8 @@ FINETUNE = "Fine-tune (head first, then everything)"
 # What the newcomer test leaves for the teammate test (same module, same server).
 shared: dict[str, object] = {}
 
+EPOCHS = 60  # probe epochs on cached features are cheap; enough to watch live
+
 
 def make_zip(folder: Path) -> Path:
     """A zip with one folder per class of 40 px JPEGs, as a user would pack it."""
@@ -125,14 +127,14 @@ def test_newcomer_journey(app_server, page, shot, tmp_path: Path) -> None:
     assert selected_option(page, "Architecture") == "resnet18"
     main(page).get_by_text("None (random initialisation)", exact=True).click()
     wait_idle(page)
-    set_number(page, "Image size (px)", 32)
-    set_number(page, "Epochs", 3)
-    # Small batches and a few augmented views per image: still seconds of work, but enough
-    # steps that the live view has something to show before the run ends.
+    set_number(page, "Image size (px)", 64)
+    set_number(page, "Epochs", EPOCHS)
+    # Small batches, augmented views and many (cheap) probe epochs: seconds of work on a
+    # quiet machine, yet several 2 s refreshes of the live view land mid-run.
     set_number(page, "Batch size", 2)
-    set_number(page, "Augmented views per image", 4)
+    set_number(page, "Augmented views per image", 8)
     assert alerts(page, "Error") == []
-    wait_text(page, "× 3 epochs")
+    wait_text(page, f"× {EPOCHS} epochs")
     shot(page, "04-setup-quick")
     click_button(page, "Start training", wait=False)
 
@@ -147,9 +149,10 @@ def test_newcomer_journey(app_server, page, shot, tmp_path: Path) -> None:
     assert any(r["points"] for r in live), f"no curve drawn while training: {live}"
     wait_idle(page)
     wait_text(page, "Succeeded")
-    page.wait_for_function(f"() => ({CURVES_JS})().val === 3", timeout=30_000)
+    page.wait_for_function(f"() => ({CURVES_JS})().val >= 3", timeout=30_000)
     lengths = curve_lengths(page)
-    assert lengths.get("train") == 3 and lengths.get("val") == 3, lengths
+    # early stopping may end the run before EPOCHS; every epoch run has both points
+    assert lengths.get("train") == lengths.get("val") and lengths["val"] >= 3, lengths
     shot(page, "05-training-finished")
 
     # Evaluation: the confusion matrix; a clicked cell shows its images.
