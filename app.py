@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui.auth import require_login, sidebar_user_box
+from ui.auth import require_login, sidebar_user_box, signed_in
 from ui.services import get_job_manager
 
-st.set_page_config(
-    page_title="Finetune Dashboard", page_icon=":material/model_training:", layout="wide"
-)
+st.set_page_config(page_title="Finetune Dashboard", page_icon="🧪", layout="wide")
 
 PAGES = [
     st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
@@ -43,8 +41,10 @@ def job_badge() -> None:
             st.page_link("views/training.py", label="Watch training", icon=":material/monitoring:")
 
 
+# Navigation is built before the sign-in gate so a shared link (/training?run=...) keeps
+# its page through the sign-in; its menu stays hidden until someone is signed in.
+navigation = st.navigation(PAGES, position="sidebar" if signed_in() else "hidden")
 user = require_login()  # stops here with a sign-in screen until someone is signed in
-navigation = st.navigation(PAGES)
 job_badge()
 sidebar_user_box(user)
 navigation.run()

@@ -55,9 +55,23 @@ def tiny(dataset_id: str, **changes: Any) -> RunConfig:
     return RunConfig(**base)
 
 
+# Helpers that outlive the tests which started them (multiprocessing's resource tracker,
+# started by any earlier test that used a "spawn" context) are not ours to judge here.
+_PREEXISTING: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _ignore_processes_started_before_the_test() -> None:
+    _PREEXISTING.clear()
+    _PREEXISTING.update(p.pid for p in psutil.Process().children(recursive=True))
+
+
 def descendants_alive() -> list[psutil.Process]:
+    """Live child processes started since this test began."""
     alive = []
     for child in psutil.Process().children(recursive=True):
+        if child.pid in _PREEXISTING:
+            continue
         try:
             if child.status() != psutil.STATUS_ZOMBIE:
                 alive.append(child)

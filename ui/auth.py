@@ -58,6 +58,17 @@ def current_user() -> User:
     return make_user(settings, str(st.session_state.get(NAME_KEY, "")))
 
 
+def signed_in() -> bool:
+    """Whether the pages may show: open access, or someone signed in. Renders nothing."""
+    try:
+        settings = access_settings()
+    except AccessConfigError:
+        return False
+    if settings.auth_mode == "open":
+        return True
+    return bool(current_user().name)
+
+
 def require_login() -> User:
     """Return the signed-in user, or show the sign-in screen and stop the script run."""
     try:

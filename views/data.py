@@ -70,11 +70,11 @@ def run_ingest(source: object, name: str, split: SplitSpec) -> None:
                 ws, source, name=name, creator=current_user(), split=split, progress=progress
             )
         except IngestError as exc:
-            status.update(label="Import failed", state="error")
+            status.update(label="Import failed", state="error", expanded=True)
             st.error(esc(public(str(exc))), icon=":material/error:")
             return
         except Exception as exc:  # a bug, not bad input: still a readable message
-            status.update(label="Import failed", state="error")
+            status.update(label="Import failed", state="error", expanded=True)
             error_box("The import failed unexpectedly; nothing was saved.", exc)
             return
         status.update(label="Import finished", state="complete")

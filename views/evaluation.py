@@ -90,11 +90,11 @@ def evaluate_now() -> None:
         try:
             evaluate_run(folder, workspace=ws, cache_dir=ws.cache_dir, progress=st.write)
         except RunError as exc:
-            status.update(label="Evaluation failed", state="error")
+            status.update(label="Evaluation failed", state="error", expanded=True)
             st.error(esc(public(str(exc))))
             return
         except Exception as exc:
-            status.update(label="Evaluation failed", state="error")
+            status.update(label="Evaluation failed", state="error", expanded=True)
             error_box(f"The evaluation failed: {exc}", exc)
             return
         status.update(label="Evaluation finished", state="complete")

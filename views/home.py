@@ -61,7 +61,9 @@ def start_demo(train: bool) -> None:
         try:
             dataset = create_demo_dataset(ws, creator=current_user())
         except IngestError as exc:
-            status.update(label="The demo dataset could not be created", state="error")
+            status.update(
+                label="The demo dataset could not be created", state="error", expanded=True
+            )
             error_box(str(exc), exc)
             return
         if not train:
@@ -73,7 +75,7 @@ def start_demo(train: bool) -> None:
         try:
             run_id = manager.submit(config, creator=current_user())
         except JobError as exc:
-            status.update(label="The demo run could not start", state="error")
+            status.update(label="The demo run could not start", state="error", expanded=True)
             error_box(str(exc), exc)
             return
         status.update(label="Demo run queued", state="complete")

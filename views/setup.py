@@ -561,7 +561,7 @@ if st.button(
         try:
             result = find_lr(config, dataset, ws.cache_dir, progress=on_step)
         except Exception as exc:  # weights missing offline, out of memory ...
-            status.update(label="The learning-rate finder failed", state="error")
+            status.update(label="The learning-rate finder failed", state="error", expanded=True)
             error_box(f"The learning-rate finder failed: {exc}", exc)
         else:
             st.session_state["lr_finder"] = {"key": finder_key, "result": result}

@@ -81,11 +81,6 @@ def test_bad_upload_is_refused(app_server, page, shot, jpeg: bytes, tmp_path: Pa
     wait_text(page, "No datasets yet")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="views/data.py run_ingest: status.update(label='Import failed', state='error') "
-    "collapses the status box, hiding the reason; pass expanded=True",
-)
 def test_bad_upload_reason_is_visible(app_server, page, jpeg: bytes, tmp_path: Path) -> None:
     message = import_upload(page, app_server, tmp_path, "slip.zip", jpeg)
     error = main(page).locator('[data-testid="stAlertContentError"]').filter(has_text=message)

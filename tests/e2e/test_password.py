@@ -81,12 +81,6 @@ def test_wrong_then_right_password(app_server: AppServer, page, shot) -> None:
     shot(page, "03-signed-in")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app.py builds st.navigation only after the sign-in gate, so the first script "
-    "run cannot resolve /training and the sign-in lands on Home (query params kept); "
-    "build st.navigation(PAGES, position='hidden') before require_login() and .run() after",
-)
 def test_sign_in_on_a_deep_link_opens_that_page(app_server: AppServer, page) -> None:
     open_app(page, app_server, "/training")
     assert_signed_out(page)
