@@ -65,7 +65,7 @@ def cpu_markdown(r: dict[str, Any]) -> str:
         c = r["c"]
         lines.append(
             f"| c. JobManager + 2 snapshots/s vs bare trainer (img/s) | {_fig(c['managed_images_per_second'])}"
-            f" | bare {_fig(c['bare_images_per_second'])} | {c['ratio']}x | >= 0.95x: {_yes(c['met'])} |"
+            f" | bare {_fig(c['bare_images_per_second'])} | {c['ratio']}x{_pairs(c)} | >= 0.95x: {_yes(c['met'])} |"
         )
     if "d" in r:
         d = r["d"]
@@ -125,3 +125,11 @@ def write_section(name: str, body: str, path: Path) -> None:
 
 def write_cpu_section(results: dict[str, Any], path: Path) -> None:
     write_section("cpu", cpu_markdown(results), path)
+
+
+def _pairs(case: dict[str, Any]) -> str:
+    """The spread of per-pair ratios (managed / bare, run back to back in alternating order)."""
+    pairs = case.get("pair_ratios")
+    if not pairs:
+        return ""
+    return f" (pairs min {pairs['min']}, max {pairs['max']}, n={pairs['n']})"

@@ -164,8 +164,7 @@ def training_curves(history: list[dict], best_epoch: int | None = None) -> go.Fi
         fig.update_yaxes(exponentformat="e", row=1, col=3)
     fig.update_yaxes(tickformat=".0%", rangemode="tozero", row=1, col=2)
     fig.update_xaxes(title_text="epoch")
-    if max(epochs) - min(epochs) <= 20:
-        fig.update_xaxes(dtick=1)
+    fig.update_xaxes(dtick=epoch_tick_step(max(epochs) - min(epochs)), tick0=0)
     fig = _style(fig, title, height=400)
     # Room above the panel titles for the legend.
     fig.update_layout(margin={**MARGIN, "t": 96}, legend={"y": 1.14})
@@ -728,3 +727,15 @@ def _series(history: Iterable[dict], metric: str) -> tuple[list[float], list[flo
             xs.append(_epoch(row, i))
             ys.append(y)
     return xs, ys
+
+
+def epoch_tick_step(span: int, max_ticks: int = 8) -> int:
+    """A whole-number step (1, 2, 5, 10, 20, 25, 50, 100, ...) giving at most about
+    ``max_ticks`` epoch ticks per panel: never half epochs, never a crowded axis."""
+    step = 1
+    while span / step > max_ticks:
+        for factor in (2, 2.5, 2):  # 1 -> 2 -> 5 -> 10 -> 20 -> 50 ...
+            step = int(step * factor)
+            if span / step <= max_ticks:
+                break
+    return step

@@ -15,7 +15,6 @@ from typing import Any
 from finetune_core.runs import RunError, RunFolder
 from finetune_core.store import StoreError, Workspace, default_workspace_root
 
-PREDICT_BATCH = 32
 EXIT_ERROR = 1
 EXIT_NOT_VERIFIED = 3
 
@@ -153,6 +152,8 @@ def _pct(value: Any) -> str:
 
 # ------------------------------------------------------------------- predict
 def run_predict(args: argparse.Namespace) -> int:
+    from finetune_core.predict import predict_stream
+
     try:
         run, _ = resolve_run(args)
         if not run.has_checkpoint():
@@ -163,20 +164,22 @@ def run_predict(args: argparse.Namespace) -> int:
     files, errors = collect_images(args.inputs)
     k = max(1, min(args.top_k, len(loaded.class_names)))
     results = []
-    for path, top, error in predict_files(loaded, files, k):
-        if error:
-            errors.append((path, error))
+    for pred in predict_stream(loaded, ((str(p), p) for p in files), k=k):
+        path, top = pred.name, pred.top
+        if pred.error:
+            prefix = "" if pred.error.startswith("cannot read") else "not a usable image: "
+            errors.append((Path(path), prefix + pred.error))
             continue
         results.append(
             {
-                "path": str(path),
+                "path": path,
                 "label": top[0][0],
                 "prob": top[0][1],
                 "top_k": [{"label": lab, "prob": p} for lab, p in top],
             }
         )
         if not args.json:
-            print(str(path) + "".join(f"\t{lab}\t{p:.4f}" for lab, p in top))
+            print(path + "".join(f"\t{lab}\t{p:.4f}" for lab, p in top))
     for path, error in errors:
         print(f"{path}\terror: {error}", file=sys.stderr)
     if args.json:
@@ -213,37 +216,6 @@ def collect_images(inputs: list[str]) -> tuple[list[Path], list[tuple[Path, str]
         else:
             missing.append((path, "no such file or folder"))
     return files, missing
-
-
-def predict_files(
-    loaded: Any, files: list[Path], top_k: int
-) -> list[tuple[Path, list[tuple[str, float]] | None, str | None]]:
-    """(path, top-k (label, probability) pairs, error) per file, in order."""
-    import numpy as np
-
-    from finetune_core.data.images import ImageReadError, open_rgb
-
-    out: list[tuple[Path, list[tuple[str, float]] | None, str | None]] = []
-    for start in range(0, len(files), PREDICT_BATCH):
-        chunk: list[tuple[Path, Any, str | None]] = []
-        images = []
-        for path in files[start : start + PREDICT_BATCH]:
-            try:
-                images.append(open_rgb(path))
-                chunk.append((path, len(images) - 1, None))
-            except ImageReadError as exc:
-                chunk.append((path, None, f"not a usable image: {exc}"))
-            except OSError as exc:
-                chunk.append((path, None, f"cannot read: {exc}"))
-        probs = loaded.predict_images(images)
-        for path, index, error in chunk:
-            if index is None:
-                out.append((path, None, error))
-                continue
-            row = probs[index]
-            top = np.argsort(-row, kind="stable")[:top_k]
-            out.append((path, [(loaded.class_names[i], float(row[i])) for i in top], None))
-    return out
 
 
 # -------------------------------------------------------------------- export

@@ -8,6 +8,7 @@ write into a lock-guarded LiveState per run, and pages read frozen snapshots.
 from __future__ import annotations
 
 import contextlib
+import errno
 import queue
 import threading
 import traceback
@@ -125,15 +126,25 @@ class JobManager:
         self._enqueue(run_id, resume=False)
         return run_id
 
+    def can_resume(self, run: RunRecord) -> bool:
+        """STOPPED and INTERRUPTED runs, and FAILED ones with a saved epoch (a full disk,
+        an out-of-memory at the smallest batch) can continue from their last checkpoint."""
+        if run.status in RunStatus.RESUMABLE:
+            return True
+        last = self.workspace.run_dir(run.id) / "checkpoints" / "last.pt"
+        return run.status == RunStatus.FAILED and last.exists()
+
     def resume(self, run_id: str) -> None:
-        """Queue a STOPPED or INTERRUPTED run to continue from its last checkpoint."""
+        """Queue a run that :meth:`can_resume` to continue from its last checkpoint."""
         run = self._get(run_id)
-        if run.status not in RunStatus.RESUMABLE:
+        if not self.can_resume(run):
             raise JobError(
-                f"Only stopped or interrupted runs can resume (this one is {run.status})."
+                "Only stopped or interrupted runs, or failed runs with a saved epoch, can "
+                f"resume (this one is {run.status}"
+                + (" with no saved epoch)." if run.status == RunStatus.FAILED else ").")
             )
         if not self.workspace.transition_run(
-            run_id, RunStatus.RESUMABLE, status=RunStatus.QUEUED, error="", finished_at=None
+            run_id, (run.status,), status=RunStatus.QUEUED, error="", finished_at=None
         ):
             raise JobError("The run changed state meanwhile; refresh and try again.")
         self._enqueue(run_id, resume=True)
@@ -365,6 +376,13 @@ class _StoreEpochs(Callback):
 
 
 def _describe(exc: BaseException) -> str:
+    """The reason a user reads on the run: the error's text, with advice where we have it."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"The disk holding the workspace is full ({exc.strerror or 'No space left on device'})."
+            " Free some space (delete old runs or datasets, or move FINETUNE_WORKSPACE to a "
+            "bigger disk), then resume the run: it continues from its last saved checkpoint."
+        )
     text = str(exc).strip()
     return text if text else type(exc).__name__
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -82,32 +82,48 @@ def predict_files(
     """Predict every image in ``files`` (images or zips), in batches; unreadable files get
     an ``error`` instead of stopping the batch."""
     items = list(iter_images(files))
-    out: list[Prediction] = []
-    batch: list[tuple[int, np.ndarray]] = []
+    return list(predict_stream(model, items, k=k, progress=progress, total=len(items)))
 
-    def flush() -> None:
-        if not batch:
-            return
-        arr = torch.from_numpy(np.stack([a for _, a in batch]))
-        probs = model.predict_uint8(arr)
-        for (index, _), p in zip(batch, probs, strict=True):
-            out[index].probs = p
-            out[index].top = top_k(p, model.class_names, k)
-        batch.clear()
 
-    for i, (name, data) in enumerate(items):
-        out.append(Prediction(name=name))
+def predict_stream(
+    model: LoadedModel,
+    items: Iterable[tuple[str, bytes | Path]],
+    *,
+    k: int = 5,
+    progress: Callable[[int, int], None] | None = None,
+    total: int = 0,
+) -> Iterator[Prediction]:
+    """Predictions for (name, bytes or path) pairs, in order, read lazily in batches of
+    ``BATCH``: a folder of any size needs memory for one batch only."""
+    pending: list[Prediction] = []
+    batch: list[tuple[Prediction, np.ndarray]] = []
+
+    def flush() -> list[Prediction]:
+        if batch:
+            arr = torch.from_numpy(np.stack([a for _, a in batch]))
+            for (pred, _), p in zip(batch, model.predict_uint8(arr), strict=True):
+                pred.probs = p
+                pred.top = top_k(p, model.class_names, k)
+            batch.clear()
+        ready = pending.copy()
+        pending.clear()
+        return ready
+
+    for done, (name, data) in enumerate(items, start=1):
+        pred = Prediction(name=name)
+        pending.append(pred)
         try:
             image = open_rgb(data, reduce_to=model.image_size)
-            batch.append((i, to_uint8_chw(image, model.image_size)))
-        except (ImageReadError, OSError) as exc:
-            out[i].error = getattr(exc, "reason", str(exc))
+            batch.append((pred, to_uint8_chw(image, model.image_size)))
+        except ImageReadError as exc:
+            pred.error = exc.reason
+        except OSError as exc:
+            pred.error = f"cannot read: {exc}"
         if len(batch) >= BATCH:
-            flush()
+            yield from flush()
         if progress:
-            progress(i + 1, len(items))
-    flush()
-    return out
+            progress(done, max(total, done))
+    yield from flush()
 
 
 def predictions_csv(predictions: Sequence[Prediction], class_names: Sequence[str]) -> str:

@@ -526,7 +526,7 @@ class Trainer:
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
         if not torch.isfinite(loss).all():
             raise TrainingDiverged(
-                f"The loss became {float(loss)} at epoch {epoch}, step {step + 1}: training "
+                f"The loss became {float(loss.detach())} at epoch {epoch}, step {step + 1}: training "
                 f"diverged. Lower the learning rate (now {self.cfg.lr:g}), or turn on gradient "
                 "clipping."
             )

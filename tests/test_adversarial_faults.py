@@ -32,7 +32,7 @@ from finetune_core.checkpoint import load_checkpoint, save_checkpoint
 from finetune_core.config import RunConfig
 from finetune_core.data import create_demo_dataset
 from finetune_core.fsutil import read_json
-from finetune_core.jobs import JobManager
+from finetune_core.jobs import JobManager, read_history
 from finetune_core.store import RunRecord, RunStatus, StoreError, Workspace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -227,12 +227,22 @@ def test_disk_full_during_a_checkpoint_write_fails_the_run_and_keeps_the_previou
     run_id = manager.submit(quick(ds.id, epochs=3))
     assert manager.wait(run_id, timeout=120) == RunStatus.FAILED
     run = ws.get_run(run_id)
-    assert run.error == "[Errno 28] No space left on device"
+    assert run.error.startswith("The disk holding the workspace is full (No space left on device).")
+    assert "resume the run" in run.error
     assert "OSError" in run.traceback
     ckpts = ws.run_dir(run_id) / "checkpoints"
     assert load_checkpoint(ckpts / "last.pt")["epoch"] == 1
     assert load_checkpoint(ckpts / "best.pt")["epoch"] in (1, 2)
     assert not [p.name for p in ckpts.iterdir() if p.name.endswith(".tmp")]
+
+    # space freed: the failed run resumes from its last saved epoch and finishes
+    monkeypatch.setattr(torch, "save", original)
+    assert manager.can_resume(run)
+    manager.resume(run_id)
+    assert manager.wait(run_id, timeout=120) == RunStatus.SUCCEEDED
+    done = ws.get_run(run_id)
+    assert done.epochs_run == 3 and done.error == ""
+    assert [row["epoch"] for row in read_history(ws, run_id)] == [1, 2, 3]
 
 
 KILL_MID_WRITE = textwrap.dedent(

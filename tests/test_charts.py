@@ -67,6 +67,21 @@ def test_training_curves_data_and_best_epoch() -> None:
     json.loads(fig.to_json())
 
 
+@pytest.mark.parametrize(
+    ("span", "step"), [(0, 1), (8, 1), (9, 2), (20, 5), (59, 10), (99, 20), (1000, 200)]
+)
+def test_epoch_ticks_are_whole_and_few(span: int, step: int) -> None:
+    assert charts.epoch_tick_step(span) == step
+    assert span / step <= 8
+
+
+def test_training_curves_label_whole_epochs_without_crowding() -> None:
+    long = [dict(HISTORY[-1], epoch=e) for e in range(1, 21)]
+    fig = charts.training_curves(long, best_epoch=5)
+    assert {fig.layout.xaxis.dtick, fig.layout.xaxis2.dtick, fig.layout.xaxis3.dtick} == {5}
+    assert charts.training_curves(HISTORY, best_epoch=3).layout.xaxis.dtick == 1
+
+
 def test_training_curves_empty_and_partial_history() -> None:
     fig = charts.training_curves([], best_epoch=None)
     assert len(fig.data) == 0

@@ -140,6 +140,28 @@ def test_predict_json_with_top_k(cli_run, capsys) -> None:
     assert prediction["label"] == prediction["top_k"][0]["label"] and out["errors"] == []
 
 
+def test_predictions_stream_one_batch_at_a_time(cli_run) -> None:
+    """A folder of any size is read one batch ahead, not all at once."""
+    from finetune_core.predict import BATCH, predict_stream
+
+    ds = cli_run["dataset"]
+    image = ds.image_path(ds.rows("val")[0])
+    pulled: list[int] = []
+
+    def items():
+        for i in range(2 * BATCH + 3):
+            pulled.append(i)
+            yield f"img{i}.jpg", image
+
+    loaded = RunFolder(cli_run["run_dir"]).load_model()
+    stream = predict_stream(loaded, items(), k=1)
+    first = next(stream)
+    assert first.name == "img0.jpg" and first.error == "" and len(pulled) == BATCH
+    rest = list(stream)
+    assert [p.name for p in rest][-1] == f"img{2 * BATCH + 2}.jpg" and len(rest) == 2 * BATCH + 2
+    assert len({p.label for p in [first, *rest]}) == 1  # the same image, the same answer
+
+
 def test_export_command_prints_where_and_the_check(cli_run, capsys) -> None:
     run_dir = cli_run["run_dir"]
     assert cli.main(["export", str(run_dir), "--format", "checkpoint"]) == 0

@@ -123,7 +123,9 @@ def test_stop_running_keeps_best_and_resume_finishes(demo_ws) -> None:
         manager.resume(run_id)
         assert manager.wait(run_id, timeout=180) == RunStatus.SUCCEEDED
         assert ws.get_run(run_id).epochs_run == 6
-        with pytest.raises(JobError, match="Only stopped or interrupted"):
+        with pytest.raises(
+            JobError, match="Only stopped or interrupted runs, or failed runs with a saved epoch"
+        ):
             manager.resume(run_id)
     finally:
         manager.shutdown()

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from typing import Any
 import streamlit as st
 from streamlit.errors import StreamlitAuthError
 
+from finetune_core import session_token
 from finetune_core.access import (
     AccessConfigError,
     AccessSettings,
@@ -29,6 +31,8 @@ MAX_DELAY_S = 8.0
 NAME_KEY = "user_name"  # open mode: the name typed in the sidebar
 _SIGNED_IN_KEY = "auth_user"  # password mode: the name given with the right password
 _FAILURES_KEY = "auth_failures"
+_COOKIE_TO_SET = "auth_cookie_to_set"  # a fresh token the browser has not stored yet
+_SIGNED_OUT = "auth_signed_out"  # this tab signed out: ignore (and clear) its cookie
 # Wrong attempts wait one after another, so parallel sessions cannot guess faster.
 _FAILURE_LOCK = threading.Lock()
 
@@ -54,6 +58,7 @@ def current_user() -> User:
     if settings.auth_mode == "oidc":
         return _oidc_user(settings) if st.user.get("is_logged_in") else User("")
     if settings.auth_mode == "password":
+        _restore_from_cookie(settings)
         return make_user(settings, str(st.session_state.get(_SIGNED_IN_KEY, "")))
     return make_user(settings, str(st.session_state.get(NAME_KEY, "")))
 
@@ -102,11 +107,15 @@ def sidebar_user_box(user: User) -> None:
             st.text(f"Signed in as {shown}")
             if user.is_admin:
                 st.badge("admin", color="violet")
+        token = st.session_state.pop(_COOKIE_TO_SET, None)
+        if token:
+            _store_cookie(token, session_token.DEFAULT_LIFETIME_S)
         if st.button("Sign out", icon=":material/logout:", key="auth_sign_out"):
             if settings.auth_mode == "oidc":
                 st.logout()
             else:
                 st.session_state.pop(_SIGNED_IN_KEY, None)
+                st.session_state[_SIGNED_OUT] = True
                 st.rerun()
 
 
@@ -144,6 +153,8 @@ def _password_login(settings: AccessSettings) -> User:
     name = str(st.session_state.get(_SIGNED_IN_KEY, ""))
     if name:
         return make_user(settings, name)
+    if st.session_state.get(_SIGNED_OUT):
+        _store_cookie("", 0)  # forget this browser's stay-signed-in cookie
     st.title("Finetune Dashboard")
     with st.form("finetune_login", clear_on_submit=True):
         typed_name = st.text_input("Your name", max_chars=60, placeholder="shown on your runs")
@@ -153,8 +164,13 @@ def _password_login(settings: AccessSettings) -> User:
         if not typed_name.strip():
             st.error("Type your name: it is recorded on the datasets and runs you create.")
         elif check_password(settings, typed_password):
-            st.session_state[_SIGNED_IN_KEY] = " ".join(typed_name.split())
+            name = " ".join(typed_name.split())
+            st.session_state[_SIGNED_IN_KEY] = name
             st.session_state.pop(_FAILURES_KEY, None)
+            st.session_state.pop(_SIGNED_OUT, None)
+            st.session_state[_COOKIE_TO_SET] = session_token.issue_token(
+                name, _secret(), _password_material(settings)
+            )
             st.rerun()
         else:
             failures = int(st.session_state.get(_FAILURES_KEY, 0)) + 1
@@ -163,3 +179,39 @@ def _password_login(settings: AccessSettings) -> User:
                 time.sleep(min(FAILED_DELAY_S * failures, MAX_DELAY_S))
             st.error("Wrong password. Ask whoever runs this server for the team's password.")
     st.stop()
+
+
+# ------------------------------------------------------------------ stay signed in
+def _secret() -> bytes:
+    from ui.services import workspace_root
+
+    return session_token.server_secret(workspace_root())
+
+
+def _password_material(settings: AccessSettings) -> str:
+    return f"{settings.password}\0{settings.password_sha256}"
+
+
+def _restore_from_cookie(settings: AccessSettings) -> None:
+    """Sign this session in from the browser's cookie (a reload, a new tab), if valid."""
+    if st.session_state.get(_SIGNED_IN_KEY) or st.session_state.get(_SIGNED_OUT):
+        return
+    token = st.context.cookies.get(session_token.COOKIE_NAME)
+    if not token:
+        return
+    name = session_token.verify_token(token, _secret(), _password_material(settings))
+    if name:
+        st.session_state[_SIGNED_IN_KEY] = name
+
+
+def _store_cookie(token: str, max_age_s: int) -> None:
+    """Set (or, with max_age 0, delete) the cookie; the token holds only [A-Za-z0-9._-]."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]*", token):
+        raise ValueError("a session token holds only letters, digits, '.', '_' and '-'")
+    name = session_token.COOKIE_NAME
+    st.html(
+        "<script>document.cookie = "
+        f"'{name}={token}; Max-Age={int(max_age_s)}; Path=/; SameSite=Strict'"
+        " + (location.protocol === 'https:' ? '; Secure' : '');</script>",
+        unsafe_allow_javascript=True,
+    )

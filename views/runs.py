@@ -167,7 +167,7 @@ with st.container(border=True):
                 st.error(esc(public(str(exc))))
             else:
                 st.switch_page("views/training.py", query_params={"run": new_id})
-        if run.status in RunStatus.RESUMABLE and st.button(
+        if manager.can_resume(run) and st.button(
             "Resume", icon=":material/play_arrow:", key="runs_resume", disabled=not allowed,
             help=why or "Continue from the last checkpoint.",
         ):  # fmt: skip

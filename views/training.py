@@ -246,7 +246,7 @@ def final_state(record: RunRecord) -> None:
                 icon=":material/analytics:",
                 query_params={"run": record.id},
             )
-        if record.status in RunStatus.RESUMABLE and st.button(
+        if manager.can_resume(record) and st.button(
             "Resume",
             icon=":material/play_arrow:",
             key="resume_run",

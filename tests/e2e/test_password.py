@@ -89,3 +89,34 @@ def test_sign_in_on_a_deep_link_opens_that_page(app_server: AppServer, page) -> 
     assert re.search(r"/training(\?|$)", page.url), page.url
     wait_text(page, "No runs yet")
     assert main(page).get_by_role("heading", name="Training").count() == 1
+
+
+def test_a_reload_keeps_the_sign_in_until_sign_out(app_server: AppServer, page, shot) -> None:
+    open_app(page, app_server, "/training")
+    sign_in(page, "carol", PASSWORD)
+    wait_text(page, "No runs yet")
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    assert cookies["finetune_session"]["sameSite"] == "Strict"
+    assert "carol" not in cookies["finetune_session"]["value"]  # encoded and signed
+
+    page.reload()  # a new Streamlit session: signed in again from the cookie
+    wait_text(page, "No runs yet")
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    assert sidebar.get_by_text("Signed in as carol").count() == 1
+    shot(page, "01-after-reload")
+
+    # a forged cookie (another name, the old signature) is refused
+    value = cookies["finetune_session"]["value"]
+    forged = "Ym9i" + value[value.index(".") :]  # base64url("bob")
+    page.context.add_cookies([{**cookies["finetune_session"], "value": forged}])
+    page.reload()
+    assert_signed_out(page)
+    page.context.add_cookies([cookies["finetune_session"]])
+    page.reload()
+    wait_text(page, "No runs yet")
+
+    sidebar.get_by_role("button", name="Sign out").click()
+    assert_signed_out(page)
+    page.wait_for_function("() => !document.cookie.includes('finetune_session=')", timeout=10_000)
+    page.reload()
+    assert_signed_out(page)

@@ -1,0 +1,90 @@
+"""Signed "stay signed in" tokens for the shared-password mode.
+
+A browser reload starts a new Streamlit session, which would ask for the password again.
+After a sign-in the app stores a token in a cookie instead: the name, an expiry time and
+an HMAC over both. The key mixes a random server secret (kept in the workspace, never
+sent anywhere) with the access password, so changing the password or deleting the
+secret file signs every browser out.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from pathlib import Path
+
+COOKIE_NAME = "finetune_session"
+DEFAULT_LIFETIME_S = 7 * 24 * 3600
+SECRET_FILE = ".session_secret"
+
+
+def server_secret(workspace_root: Path) -> bytes:
+    """The workspace's random signing secret, created (readable by its owner only) once."""
+    path = Path(workspace_root) / SECRET_FILE
+    try:
+        data = path.read_bytes()
+        if len(data) >= 32:
+            return data
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f"{SECRET_FILE}.{os.getpid()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secrets.token_bytes(32))
+    try:
+        os.link(temp, path)  # the first writer wins; others read its secret
+    except FileExistsError:
+        pass
+    finally:
+        temp.unlink(missing_ok=True)
+    return path.read_bytes()
+
+
+def _key(secret: bytes, password: str) -> bytes:
+    return hmac.new(secret, b"finetune-session\0" + password.encode(), hashlib.sha256).digest()
+
+
+def _sign(key: bytes, payload: str) -> str:
+    return hmac.new(key, payload.encode(), hashlib.sha256).hexdigest()
+
+
+def issue_token(
+    name: str,
+    secret: bytes,
+    password: str,
+    *,
+    lifetime_s: int = DEFAULT_LIFETIME_S,
+    now: float | None = None,
+) -> str:
+    """A cookie-safe token that :func:`verify_token` turns back into ``name`` until it expires."""
+    expires = int((time.time() if now is None else now) + lifetime_s)
+    encoded = base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+    payload = f"{encoded}.{expires}"
+    return f"{payload}.{_sign(_key(secret, password), payload)}"
+
+
+def verify_token(
+    token: str | None, secret: bytes, password: str, *, now: float | None = None
+) -> str | None:
+    """The signed-in name in ``token``, or None when it is missing, forged or expired."""
+    if not token or len(token) > 1024:
+        return None
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    encoded, expires, signature = parts
+    if not hmac.compare_digest(_sign(_key(secret, password), f"{encoded}.{expires}"), signature):
+        return None
+    try:
+        if int(expires) < (time.time() if now is None else now):
+            return None
+        name = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return None
+    return name or None
