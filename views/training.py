@@ -232,6 +232,8 @@ def final_state(record: RunRecord) -> None:
             f"The run failed: {record.error or 'no reason was recorded.'}",
             details=record.traceback or None,
         )
+        if manager.can_resume(record):
+            st.caption("Its last saved epoch is kept: once the cause is fixed, it can resume.")
     elif record.status in RunStatus.RESUMABLE:
         reason = (record.error or "The run was stopped").strip().rstrip(".")
         st.info(
