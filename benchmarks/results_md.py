@@ -74,8 +74,9 @@ def cpu_markdown(r: dict[str, Any]) -> str:
             f" | | | < 3 s: {_yes(d['met'])} |"
         )
         lines.append(
-            f"| d. stop request -> run STOPPED (s) | {_fig(d['stop_to_stopped_seconds'])} | | | "
-            "< 1 batch (tested: no batch starts after the request) |"
+            f"| d. stop request -> run STOPPED (s) | {_fig(d['stop_to_stopped_seconds'])}, "
+            f"steps finished after the request: {d.get('steps_finished_after_stop', 'n/a')} | | | "
+            "< 1 batch: only the batch in progress finishes (also tested) |"
         )
     if "e" in r:
         e = r["e"]

@@ -22,6 +22,7 @@ from finetune_core.runs import RunError, RunFolder
 from finetune_core.store import utc_now
 
 SPLITS = ("val", "test")
+EVAL_CHUNK = 512  # images per read: a memory-mapped cache stays within its RAM budget
 
 
 def evaluate_run(
@@ -60,7 +61,12 @@ def evaluate_run(
             continue
         if progress:
             progress(f"predicting {len(decoded)} {split} images")
-        probs = loaded.predict_uint8(decoded.images)
+        probs = np.concatenate(
+            [
+                loaded.predict_uint8(decoded.take(slice(start, start + EVAL_CHUNK)))
+                for start in range(0, len(decoded), EVAL_CHUNK)
+            ]
+        )
         y = decoded.labels.numpy()
         result["splits"][split] = compute_metrics(y, probs, loaded.class_names, paths=decoded.paths)
         pred = probs.argmax(1)

@@ -91,7 +91,7 @@ def extract_features(
     )
     for view in range(views):
         for start in range(0, n, FEATURE_BATCH):
-            xb = data.images[start : start + FEATURE_BATCH].to(dev)
+            xb = data.take(slice(start, start + FEATURE_BATCH)).to(dev)
             if view == 0:
                 xb = normalize(xb, trainer.mean, trainer.std)
             else:

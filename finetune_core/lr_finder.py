@@ -72,7 +72,7 @@ def find_lr(
     opt = build_optimizer(cfg, params, [start_lr] * len(params))
     gamma = (end_lr / start_lr) ** (1 / max(1, num_steps - 1))
     gen = torch.Generator().manual_seed(cfg.seed)
-    images, labels = probe.train_data.images, probe.train_data.labels
+    labels = probe.train_data.labels
     n = len(labels)
     lrs: list[float] = []
     smoothed: list[float] = []
@@ -83,7 +83,9 @@ def find_lr(
         for group in opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(0, n, (min(probe.batch_size, n),), generator=gen)
-        xb = augment_normalized(images[idx].to(dev), cfg.augmentation, probe.mean, probe.std, gen)
+        xb = augment_normalized(
+            probe.train_data.take(idx).to(dev), cfg.augmentation, probe.mean, probe.std, gen
+        )
         yb = labels[idx].to(dev)
         with devices.autocast(dev, probe.amp_dtype):
             out = probe.model(xb)

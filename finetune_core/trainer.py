@@ -458,8 +458,8 @@ class Trainer:
         self._steps_in_epoch = steps
         logs = {"epoch": epoch, "phase": phase.name, "steps": steps, "step": 0}
         self._emit("on_epoch_start", logs)
-        images, labels = self.train_data.images, self.train_data.labels
-        order = order.to(images.device)
+        labels = self.train_data.labels
+        order = order.to(self.train_data.images.device)
         for step in range(steps):
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
             if len(idx) < MIN_BATCH_SIZE * self.dist.world_size and step > 0:
@@ -468,7 +468,7 @@ class Trainer:
             if self.dist.enabled:  # every rank draws the same order: each takes its share
                 idx = idx[self.dist.rank :: self.dist.world_size]
             self._lr = sched.at(epoch, step, steps)
-            xb = images[idx].to(dev, non_blocking=True)
+            xb = self.train_data.take(idx).to(dev, non_blocking=True)
             yb = labels[idx].to(dev, non_blocking=True)
             xb = augment_normalized(xb, cfg.augmentation, self.mean, self.std, gen)
             if cfg.channels_last:
@@ -538,14 +538,15 @@ class Trainer:
         self.model.eval()
         total_loss, correct = 0.0, 0
         bs = max(self.batch_size * 2, 64)
-        images, labels = self.val_data.images, self.val_data.labels
+        rows = torch.arange(len(self.val_data))
         if self.dist.enabled:  # rank 0's model everywhere, each rank a share of the images
             distributed.broadcast_buffers(self.model, self.dist)
-            images = images[self.dist.rank :: self.dist.world_size]
-            labels = labels[self.dist.rank :: self.dist.world_size]
-        for start in range(0, len(labels), bs):
-            xb = images[start : start + bs].to(self.device)
-            yb = labels[start : start + bs].to(self.device)
+            rows = rows[self.dist.rank :: self.dist.world_size]
+        rows = rows.to(self.val_data.labels.device)
+        for start in range(0, len(rows), bs):
+            chunk = rows[start : start + bs]
+            xb = self.val_data.take(chunk).to(self.device)
+            yb = self.val_data.labels[chunk].to(self.device)
             xb = normalize(xb, self.mean, self.std)
             if self.cfg.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)

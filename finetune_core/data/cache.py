@@ -12,8 +12,9 @@ import hashlib
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -30,9 +31,39 @@ class DecodedImages:
     labels: torch.Tensor
     paths: list[str]
     memory_mapped: bool = False
+    # A spilled cache: its file, read batch by batch with pread (see take).
+    file: BinaryIO | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def take(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """``images[index]`` as a new tensor. A spilled cache reads just those rows from its
+        file: the OS page cache keeps them warm, and this process's resident memory stays
+        at one batch however many epochs read it (reading through the memory map would
+        leave every page it touched resident)."""
+        if self.file is None or self.images.device.type != "cpu":
+            return self.images[index]
+        n, *shape = self.images.shape
+        rows = range(n)[index] if isinstance(index, slice) else index.tolist()
+        out = np.empty((len(rows), *shape), dtype=np.uint8)
+        row_bytes = out[0].nbytes if len(rows) else 0
+        fd = self.file.fileno()
+        if isinstance(index, slice) and (index.step or 1) == 1:
+            _read_exactly(fd, out, rows.start * row_bytes if len(rows) else 0)
+        else:
+            for j, i in enumerate(rows):
+                _read_exactly(fd, out[j], int(i) * row_bytes)
+        return torch.from_numpy(out)
+
+
+def _read_exactly(fd: int, into: np.ndarray, offset: int) -> None:
+    view = memoryview(into).cast("B")
+    while view:
+        got = os.preadv(fd, [view], offset)
+        if got <= 0:
+            raise OSError(f"the decoded-image cache file ended early at byte {offset}")
+        view, offset = view[got:], offset + got
 
 
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -80,35 +111,50 @@ def build_decoded(
     nbytes = n * 3 * size * size
     label_tensor = torch.as_tensor(list(labels), dtype=torch.int64)
     rel = [str(p) for p in paths]
-    spill = nbytes > ram_budget_mb * 2**20
+    budget = ram_budget_mb * 2**20
+    spill = nbytes > budget
     if cache_file is not None and cache_file.exists() and cache_file.stat().st_size == nbytes:
         return _open_cached(cache_file, n, size, label_tensor, rel, spill)
 
+    threads = workers or os.cpu_count() or 1
     if spill:
         if cache_file is None:
             raise ValueError("A cache larger than the RAM budget needs a cache_file to spill to.")
+        # Decoded a chunk at a time and appended with plain writes: the file's pages go to
+        # the OS page cache, never into this process's memory.
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_suffix(".partial")
-        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, 3, size, size))
-    else:
-        out = np.empty((n, 3, size, size), dtype=np.uint8)
+        chunk = max(threads * 8, 64)
+        buffer = np.empty((chunk, 3, size, size), dtype=np.uint8)
+        with open(tmp, "wb") as handle, ThreadPoolExecutor(max_workers=threads) as pool:
+            for start in range(0, n, chunk):
+                count = min(chunk, n - start)
+
+                def decode_into(j: int, start: int = start) -> None:
+                    buffer[j] = to_uint8_chw(load(Path(paths[start + j])), size)
+
+                list(pool.map(decode_into, range(count)))
+                handle.write(buffer[:count].tobytes())
+                if progress is not None:
+                    progress(start + count, n)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, cache_file)
+        return _open_cached(cache_file, n, size, label_tensor, rel, True)
+
+    out = np.empty((n, 3, size, size), dtype=np.uint8)
 
     def decode(i: int) -> None:
         out[i] = to_uint8_chw(load(Path(paths[i])), size)
 
     done = 0
     # Pillow releases the GIL while decoding and resizing, so threads use every core.
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         for _ in pool.map(decode, range(n)):
             done += 1
             if progress is not None and (done % 32 == 0 or done == n):
                 progress(done, n)
 
-    if spill:
-        out.flush()
-        del out
-        os.replace(cache_file.with_suffix(".partial"), cache_file)
-        return _open_cached(cache_file, n, size, label_tensor, rel, spill=True)
     if cache_file is not None:
         from finetune_core.fsutil import atomic_write
 
@@ -117,12 +163,19 @@ def build_decoded(
 
 
 def _open_cached(
-    path: Path, n: int, size: int, labels: torch.Tensor, paths: list[str], spill: bool
+    path: Path,
+    n: int,
+    size: int,
+    labels: torch.Tensor,
+    paths: list[str],
+    spill: bool,
 ) -> DecodedImages:
     if spill:
-        # torch cannot wrap a read-only buffer; copy-on-write mode keeps the file untouched.
-        mm = np.memmap(path, dtype=np.uint8, mode="c", shape=(n, 3, size, size))
-        return DecodedImages(torch.from_numpy(mm), labels, paths, memory_mapped=True)
+        # torch cannot wrap a read-only buffer; a private (copy-on-write) mapping keeps the
+        # file untouched. Batches are read with take(), not through the mapping.
+        handle = open(path, "rb")  # noqa: SIM115 - lives as long as the cache object
+        mm = np.memmap(handle, dtype=np.uint8, mode="c", shape=(n, 3, size, size))
+        return DecodedImages(torch.from_numpy(mm), labels, paths, memory_mapped=True, file=handle)
     data = np.fromfile(path, dtype=np.uint8).reshape(n, 3, size, size)
     return DecodedImages(torch.from_numpy(data), labels, paths)
 

@@ -1,0 +1,111 @@
+"""The decoded-image cache: in RAM under the budget, a memory-mapped file above it, the
+same pixels either way, and a process's resident memory that stays near the budget."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from finetune_core.data.cache import build_decoded
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_jpegs(folder: Path, n: int, size: int = 80) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        path = folder / f"{i:04d}.jpg"
+        Image.fromarray(rng.integers(0, 255, (size, size + i % 7, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def load(path: Path) -> Image.Image:
+    return Image.open(path).convert("RGB")
+
+
+def test_the_spilled_cache_holds_the_same_pixels_and_reopens(tmp_path: Path) -> None:
+    paths = make_jpegs(tmp_path / "img", 70)
+    in_ram = build_decoded(paths, list(range(70)), 32, load=load, ram_budget_mb=64)
+    assert not in_ram.memory_mapped and in_ram.file is None
+    cache = tmp_path / "c" / "split.u8"
+    seen: list[tuple[int, int]] = []
+    spilled = build_decoded(
+        paths, list(range(70)), 32, load=load, cache_file=cache, ram_budget_mb=0,
+        progress=lambda done, total: seen.append((done, total)),
+    )  # fmt: skip
+    assert spilled.memory_mapped and cache.stat().st_size == 70 * 3 * 32 * 32
+    assert not cache.with_suffix(".partial").exists()
+    assert seen[-1] == (70, 70) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert torch.equal(spilled.images, in_ram.images)
+    idx = torch.tensor([69, 3, 3, 40])
+    for _ in range(3):  # batches read from the file, again and again
+        assert torch.equal(spilled.take(idx), in_ram.images[idx])
+        assert torch.equal(spilled.take(slice(10, 30)), in_ram.images[10:30])
+        assert torch.equal(spilled.take(slice(60, 99)), in_ram.images[60:])
+        assert torch.equal(spilled.take(slice(1, 20, 3)), in_ram.images[1:20:3])
+    assert spilled.take(torch.tensor([], dtype=torch.long)).shape == (0, 3, 32, 32)
+    again = build_decoded(paths, list(range(70)), 32, load=None, cache_file=cache, ram_budget_mb=0)
+    assert again.memory_mapped and torch.equal(again.images, in_ram.images)  # no decoding
+    assert cache.read_bytes() == in_ram.images.numpy().tobytes()  # the file is untouched
+
+
+RSS_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    import torch
+    from PIL import Image
+    from finetune_core.data.cache import build_decoded
+
+    n, budget, folder, cache = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+    paths = sorted(folder.iterdir())
+    paths = [paths[i % len(paths)] for i in range(n)]
+
+    def hwm():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+
+    # the same operations on a small tensor first: torch's code pages are not the cache
+    small = torch.zeros(64, 3, 8, 8, dtype=torch.uint8)
+    small[torch.randperm(64)[:32]].float().mean()
+    base = hwm()
+    d = build_decoded(paths, [0] * n, 128, load=lambda p: Image.open(p).convert("RGB"),
+                      cache_file=cache, ram_budget_mb=budget)
+    for epoch in range(2):
+        order = torch.randperm(n)
+        for s in range(0, n, 32):
+            d.take(order[s:s + 32]).float().mean()
+    print(json.dumps({"growth_mb": hwm() - base, "mapped": d.memory_mapped,
+                      "cache_mb": n * 3 * 128 * 128 / 2**20}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_cache_four_times_the_budget_keeps_resident_memory_near_the_budget(
+    tmp_path: Path,
+) -> None:
+    make_jpegs(tmp_path / "img", 20, size=160)
+    proc = subprocess.run(
+        [sys.executable, "-c", RSS_SCRIPT, "3000", "32", str(tmp_path / "img"),
+         str(tmp_path / "cache.u8")],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print("spill:", result)
+    assert result["mapped"] and result["cache_mb"] > 4 * 32
+    # every image is read twice, yet only a batch at a time is resident
+    assert result["growth_mb"] < 32, result
