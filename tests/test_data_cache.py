@@ -60,6 +60,21 @@ def test_the_spilled_cache_holds_the_same_pixels_and_reopens(tmp_path: Path) -> 
     assert cache.read_bytes() == in_ram.images.numpy().tobytes()  # the file is untouched
 
 
+def test_a_failed_spill_leaves_no_partial_file(tmp_path: Path) -> None:
+    paths = make_jpegs(tmp_path / "img", 90)
+    cache = tmp_path / "c" / "split.u8"
+
+    def load_until_the_disk_fills(path: Path) -> Image.Image:
+        if path.name == "0080.jpg":
+            raise OSError(28, "No space left on device")
+        return load(path)
+
+    with pytest.raises(OSError, match="No space left"):
+        build_decoded(paths, [0] * 90, 32, load=load_until_the_disk_fills, cache_file=cache,
+                      ram_budget_mb=0)  # fmt: skip
+    assert list(cache.parent.iterdir()) == []
+
+
 RSS_SCRIPT = textwrap.dedent(
     """
     import json, sys

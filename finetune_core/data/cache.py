@@ -126,20 +126,24 @@ def build_decoded(
         tmp = cache_file.with_suffix(".partial")
         chunk = max(threads * 8, 64)
         buffer = np.empty((chunk, 3, size, size), dtype=np.uint8)
-        with open(tmp, "wb") as handle, ThreadPoolExecutor(max_workers=threads) as pool:
-            for start in range(0, n, chunk):
-                count = min(chunk, n - start)
+        try:
+            with open(tmp, "wb") as handle, ThreadPoolExecutor(max_workers=threads) as pool:
+                for start in range(0, n, chunk):
+                    count = min(chunk, n - start)
 
-                def decode_into(j: int, start: int = start) -> None:
-                    buffer[j] = to_uint8_chw(load(Path(paths[start + j])), size)
+                    def decode_into(j: int, start: int = start) -> None:
+                        buffer[j] = to_uint8_chw(load(Path(paths[start + j])), size)
 
-                list(pool.map(decode_into, range(count)))
-                handle.write(buffer[:count].tobytes())
-                if progress is not None:
-                    progress(start + count, n)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, cache_file)
+                    list(pool.map(decode_into, range(count)))
+                    handle.write(buffer[:count].tobytes())
+                    if progress is not None:
+                        progress(start + count, n)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, cache_file)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk or a stop leaves no half cache behind
+            raise
         return _open_cached(cache_file, n, size, label_tensor, rel, True)
 
     out = np.empty((n, 3, size, size), dtype=np.uint8)
