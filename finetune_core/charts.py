@@ -159,7 +159,7 @@ def training_curves(history: list[dict], best_epoch: int | None = None) -> go.Fi
 
     lrs = [v for v in (_num(row.get("lr")) for row in history) if v is not None]
     if lrs and min(lrs) > 0 and max(lrs) / min(lrs) > 10:
-        fig.update_yaxes(type="log", exponentformat="e", row=1, col=3)
+        fig.update_yaxes(type="log", exponentformat="e", dtick="D2", row=1, col=3)
     else:
         fig.update_yaxes(exponentformat="e", row=1, col=3)
     fig.update_yaxes(tickformat=".0%", rangemode="tozero", row=1, col=2)

@@ -64,6 +64,7 @@ def test_training_curves_data_and_best_epoch() -> None:
     assert rects and all(r.x0 == 0.5 and r.x1 == 1.5 for r in rects)
     assert {"frozen", "unfrozen"} <= set(_annotations(fig))
     assert fig.layout.yaxis3.type == "log"  # the LR spans two decades
+    assert fig.layout.yaxis3.dtick == "D2"  # labels at 1, 2 and 5 per decade: not crowded
     json.loads(fig.to_json())
 
 
