@@ -122,5 +122,7 @@ def test_a_cache_four_times_the_budget_keeps_resident_memory_near_the_budget(
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     print("spill:", result)
     assert result["mapped"] and result["cache_mb"] > 4 * 32
-    # every image is read twice, yet only a batch at a time is resident
-    assert result["growth_mb"] < 32, result
+    # Every image is read twice, yet only a batch at a time is resident: growth is the
+    # decoding threads' working memory (measured 16-34 MB), not the cache (reading
+    # through the memory map grew it by 162 MB here).
+    assert result["growth_mb"] < result["cache_mb"] / 2, result
