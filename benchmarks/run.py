@@ -37,9 +37,9 @@ from benchmarks.seed_loop import seed_loop
 from finetune_core.config import RunConfig
 from finetune_core.data import ingest, load_dataset, make_demo_folder
 from finetune_core.device import device_info
-from finetune_core.jobs import JobManager
+from finetune_core.jobs.manager import JobManager
 from finetune_core.store import Workspace
-from finetune_core.trainer import Trainer
+from finetune_core.training.trainer import Trainer
 
 HERE = Path(__file__).resolve().parent
 
@@ -198,7 +198,7 @@ def _ours_full_images_per_second(
     stop = threading.Event()
     marks: list[float] = []
 
-    from finetune_core.callbacks import Callback
+    from finetune_core.training.callbacks import Callback
 
     class Clock(Callback):
         def on_batch_end(self, trainer, logs):
@@ -349,7 +349,7 @@ def case_overhead(ctx: dict[str, Any], size: Size) -> dict[str, Any]:
 
 
 def _history_ips(ws: Workspace, run_id: str) -> float:
-    from finetune_core.jobs import read_history
+    from finetune_core.jobs.manager import read_history
 
     return read_history(ws, run_id)[-1]["images_per_second"]
 

@@ -1,3 +1,3 @@
-from finetune_core.cli import main
+from finetune_core.cli.main import main
 
 raise SystemExit(main())

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from finetune_core import device as devices
-from finetune_core.checkpoint import CheckpointError, load_checkpoint
+from finetune_core.models.checkpoint import CheckpointError, load_checkpoint
 from finetune_core.config import RunConfig
 from finetune_core.data.augment import normalize
 from finetune_core.data.cache import to_uint8_chw
@@ -34,7 +34,7 @@ class RunError(Exception):
 class LoadedModel:
     """A trained classifier with everything needed to preprocess its inputs."""
 
-    model: torch.nn.Module  # finetune_core.models.Classifier, in eval mode
+    model: torch.nn.Module  # finetune_core.models.classifier.Classifier, in eval mode
     class_names: list[str]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -87,7 +87,7 @@ class RunFolder:
         return self.checkpoint_path("best").exists()
 
     def history(self) -> list[dict[str, Any]]:
-        from finetune_core.jobs import read_history_file
+        from finetune_core.jobs.manager import read_history_file
 
         return read_history_file(self.path / "metrics.jsonl")
 
@@ -99,7 +99,7 @@ class RunFolder:
 
     def load_model(self, which: str = "best", device: str = "cpu") -> LoadedModel:
         """Rebuild the classifier from a checkpoint (never downloads weights)."""
-        from finetune_core.models import build_classifier
+        from finetune_core.models.classifier import build_classifier
 
         try:
             ckpt = load_checkpoint(self.checkpoint_path(which))

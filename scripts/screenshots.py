@@ -69,8 +69,8 @@ def prepare_workspace(root: Path) -> dict[str, str]:
     """The demo dataset, a messy dataset, a finished from-scratch run and a probe run."""
     from finetune_core.config import RunConfig
     from finetune_core.data import create_demo_dataset
-    from finetune_core.jobs import JobManager
-    from finetune_core.postrun import DEFAULT_HOOKS
+    from finetune_core.jobs.manager import JobManager
+    from finetune_core.jobs.postrun import DEFAULT_HOOKS
     from finetune_core.presets import demo_config
     from finetune_core.store import Workspace
 

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from finetune_core.access import (
+from finetune_core.auth.access import (
     ANONYMOUS,
     AccessConfigError,
     AccessSettings,
@@ -29,7 +29,7 @@ from finetune_core.access import (
     public_error,
     require,
 )
-from finetune_core.jobs import JobManager
+from finetune_core.jobs.manager import JobManager
 from finetune_core.store import DatasetRecord, RunRecord, RunStatus, StoreError, Workspace
 
 ALICE = User("alice@x.com")

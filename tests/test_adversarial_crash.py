@@ -28,10 +28,10 @@ from test_adversarial_helpers import (
     stop_app,
 )
 
-from finetune_core.checkpoint import load_checkpoint
+from finetune_core.models.checkpoint import load_checkpoint
 from finetune_core.config import RunConfig
 from finetune_core.data import create_demo_dataset
-from finetune_core.jobs import JobManager, read_history
+from finetune_core.jobs.manager import JobManager, read_history
 from finetune_core.store import RunStatus, Workspace
 
 HELPERS = Path(__file__).resolve().parent / "test_adversarial_helpers.py"

@@ -26,13 +26,13 @@ import pytest
 import torch
 from test_adversarial_helpers import claim_and_update, hold_write_lock
 
-from finetune_core import models
-from finetune_core.callbacks import Callback
-from finetune_core.checkpoint import load_checkpoint, save_checkpoint
+from finetune_core.models import classifier as models
+from finetune_core.training.callbacks import Callback
+from finetune_core.models.checkpoint import load_checkpoint, save_checkpoint
 from finetune_core.config import RunConfig
 from finetune_core.data import create_demo_dataset
 from finetune_core.fsutil import read_json
-from finetune_core.jobs import JobManager, read_history
+from finetune_core.jobs.manager import JobManager, read_history
 from finetune_core.store import RunRecord, RunStatus, StoreError, Workspace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,7 +249,7 @@ KILL_MID_WRITE = textwrap.dedent(
     """
     import sys, time, torch
     from pathlib import Path
-    from finetune_core.checkpoint import save_checkpoint
+    from finetune_core.models.checkpoint import save_checkpoint
 
     last = Path(sys.argv[1])
     save_checkpoint(last, {"model_state": {"w": torch.ones(3)}, "epoch": 1})

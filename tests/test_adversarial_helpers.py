@@ -142,7 +142,7 @@ def settle(page: Any, text: str | None = None, timeout: float = 60.0, idle: bool
 def _train_then_hang(root: str, config_json: str) -> None:
     """Submit a run in this process's own JobManager and keep training until killed."""
     from finetune_core.config import RunConfig
-    from finetune_core.jobs import JobManager
+    from finetune_core.jobs.manager import JobManager
 
     manager = JobManager(Workspace(root))
     print(manager.submit(RunConfig.from_json(config_json), creator="crash-test"), flush=True)

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from test_data_helpers import assert_nothing_registered, image_bytes, make_tree
 
-from finetune_core.cli_data import render_report
+from finetune_core.cli.data import render_report
 from finetune_core.config import RunConfig
 from finetune_core.data import (
     ImageReadError,
@@ -38,8 +38,8 @@ from finetune_core.data import (
 )
 from finetune_core.data.cache import decoded_split, resize_center_crop
 from finetune_core.store import MAX_NAME_CHARS, StoreError, Workspace
-from finetune_core.trainer import Trainer
-from finetune_core.uploads import stage_csv_upload
+from finetune_core.training.trainer import Trainer
+from finetune_core.data.uploads import stage_csv_upload
 
 
 def tree_snapshot(root: Path) -> dict[str, int]:

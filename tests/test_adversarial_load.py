@@ -38,7 +38,7 @@ from test_adversarial_helpers import (
 
 from finetune_core.config import RunConfig
 from finetune_core.data import create_demo_dataset
-from finetune_core.jobs import JobManager, read_history
+from finetune_core.jobs.manager import JobManager, read_history
 from finetune_core.store import RunStatus, Workspace
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"

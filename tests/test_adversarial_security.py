@@ -39,11 +39,11 @@ from test_adversarial_helpers import (
 )
 from test_data_helpers import image_bytes
 
-from finetune_core.access import PermissionDenied, User, guarded_stop
+from finetune_core.auth.access import PermissionDenied, User, guarded_stop
 from finetune_core.config import RunConfig
 from finetune_core.data import UploadedFile, create_demo_dataset, ingest
-from finetune_core.jobs import JobManager
-from finetune_core.postrun import DEFAULT_HOOKS
+from finetune_core.jobs.manager import JobManager
+from finetune_core.jobs.postrun import DEFAULT_HOOKS
 from finetune_core.store import RunRecord, RunStatus, Workspace
 
 ROOT = Path(__file__).resolve().parent.parent

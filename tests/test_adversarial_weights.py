@@ -23,11 +23,11 @@ import torch
 
 from finetune_core.config import RunConfig
 from finetune_core.data import create_demo_dataset
-from finetune_core.jobs import JobManager
+from finetune_core.jobs.manager import JobManager
 from finetune_core.runs import RunError, RunFolder
-from finetune_core.safe_pt2 import UnsafeProgramError, check_archive
+from finetune_core.models.safe_pt2 import UnsafeProgramError, check_archive
 from finetune_core.store import RunStatus, Workspace
-from finetune_core.weights import WeightsError, load_exported_backbone
+from finetune_core.models.weights import WeightsError, load_exported_backbone
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DIRS = ["finetune_core", "ui", "pages", "views", "benchmarks", "scripts"]
@@ -153,8 +153,8 @@ def test_planted_pickle_in_last_checkpoint_fails_the_resume_and_never_runs(
 def test_planted_pickle_in_best_checkpoint_is_refused_by_evaluation_and_export(
     demo_ws, manager: JobManager, tmp_path: Path
 ) -> None:
-    from finetune_core.evaluate import evaluate_run
-    from finetune_core.export import export_run
+    from finetune_core.evaluation.evaluate import evaluate_run
+    from finetune_core.export.exporter import export_run
 
     ws, ds = demo_ws
     run_id = _finished_run(manager, ds.id)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finetune_core.compare import config_diff, headline_metrics, metrics_table
+from finetune_core.reporting.compare import config_diff, headline_metrics, metrics_table
 from finetune_core.config import RunConfig
 from finetune_core.data import IngestError, create_demo_dataset, ingest
-from finetune_core.gallery import (
+from finetune_core.reporting.gallery import (
     augmentation_preview,
     cell_predictions,
     class_rows,
@@ -23,10 +23,10 @@ from finetune_core.gallery import (
     thumbnail_bytes,
     true_class_probability,
 )
-from finetune_core.predict import iter_images, predictions_csv, top_k
+from finetune_core.evaluation.predict import iter_images, predictions_csv, top_k
 from finetune_core.presets import PRESETS, apply_preset, demo_config, preset_of
 from finetune_core.store import Workspace
-from finetune_core.uploads import (
+from finetune_core.data.uploads import (
     choose_images_root,
     csv_paths,
     save_weights_upload,
@@ -229,7 +229,7 @@ def test_iter_images_walks_zips_and_skips_clutter() -> None:
 
 
 def test_predictions_csv_and_top_k() -> None:
-    from finetune_core.predict import Prediction
+    from finetune_core.evaluation.predict import Prediction
 
     probs = np.array([0.2, 0.7, 0.1])
     assert top_k(probs, ["a", "b", "c"], k=2) == [

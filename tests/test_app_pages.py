@@ -23,8 +23,8 @@ from streamlit.testing.v1 import AppTest
 
 from finetune_core.config import RunConfig
 from finetune_core.data import create_demo_dataset
-from finetune_core.jobs import JobManager
-from finetune_core.postrun import DEFAULT_HOOKS
+from finetune_core.jobs.manager import JobManager
+from finetune_core.jobs.postrun import DEFAULT_HOOKS
 from finetune_core.runs import RunFolder
 from finetune_core.store import RunRecord, RunStatus, Workspace
 from ui import services
@@ -348,8 +348,7 @@ def test_setup_explains_invalid_settings_inline(app_ws: Workspace) -> None:
 def test_setup_offers_several_gpus_only_when_visible(
     app_ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from finetune_core import distributed
-
+    from finetune_core.training import ddp as distributed
     dataset = create_demo_dataset(app_ws, per_class=6, size=32)
     at = open_page("setup", dataset=dataset.id)
     assert not [s for s in at.selectbox if s.label == "GPUs"]

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from finetune_core import postrun
+from finetune_core.jobs import postrun
 from finetune_core.config import RunConfig
 from finetune_core.data import create_demo_dataset
-from finetune_core.evaluate import read_predictions
+from finetune_core.evaluation.evaluate import read_predictions
 from finetune_core.fsutil import atomic_write_json
-from finetune_core.jobs import JobManager
-from finetune_core.report import GALLERY_LIMIT, build_report, collect_report_data
+from finetune_core.jobs.manager import JobManager
+from finetune_core.reporting.report import GALLERY_LIMIT, build_report, collect_report_data
 from finetune_core.runs import RunFolder
 from finetune_core.store import RunStatus, Workspace
 

@@ -9,8 +9,8 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from finetune_core import charts
-from finetune_core.metrics import compute_metrics
+from finetune_core.reporting import charts
+from finetune_core.evaluation.metrics import compute_metrics
 
 HISTORY = [
     {"epoch": 1, "train_loss": 1.2, "val_loss": 1.0, "train_accuracy": 0.5,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_data_helpers import assert_nothing_registered, make_tree, make_zip, tree_entries
 
-from finetune_core.cli import main
+from finetune_core.cli.main import main
 from finetune_core.store import Workspace
 
 

@@ -16,14 +16,14 @@ import psutil
 import pytest
 import torch
 
-from finetune_core import distributed
-from finetune_core.callbacks import LiveState
-from finetune_core.checkpoint import load_checkpoint
+from finetune_core.training import ddp as distributed
+from finetune_core.training.callbacks import LiveState
+from finetune_core.models.checkpoint import load_checkpoint
 from finetune_core.config import RunConfig
 from finetune_core.data import create_demo_dataset
-from finetune_core.jobs import JobManager
+from finetune_core.jobs.manager import JobManager
 from finetune_core.store import RunStatus, Workspace
-from finetune_core.trainer import Trainer
+from finetune_core.training.trainer import Trainer
 
 
 @pytest.fixture

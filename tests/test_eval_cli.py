@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from finetune_core import cli
-from finetune_core import export as export_mod
+from finetune_core.cli import main as cli
+from finetune_core.export import exporter as export_mod
 from finetune_core.data import create_demo_dataset, open_rgb
 from finetune_core.runs import RunFolder
 from finetune_core.store import RunRecord, RunStatus, Workspace
@@ -142,7 +142,7 @@ def test_predict_json_with_top_k(cli_run, capsys) -> None:
 
 def test_predictions_stream_one_batch_at_a_time(cli_run) -> None:
     """A folder of any size is read one batch ahead, not all at once."""
-    from finetune_core.predict import BATCH, predict_stream
+    from finetune_core.evaluation.predict import BATCH, predict_stream
 
     ds = cli_run["dataset"]
     image = ds.image_path(ds.rows("val")[0])

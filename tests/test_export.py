@@ -16,13 +16,13 @@ import pytest
 import torch
 import torchvision
 
-from finetune_core import export as export_mod
-from finetune_core.backbone import ZOO, family_of
+from finetune_core.export import exporter as export_mod
+from finetune_core.models.backbone import ZOO, family_of
 from finetune_core.config import RunConfig
 from finetune_core.data import create_demo_dataset, open_rgb
 from finetune_core.data.augment import normalize
 from finetune_core.data.cache import to_uint8_chw
-from finetune_core.export import (
+from finetune_core.export.exporter import (
     FORMATS,
     ONNX_HINT,
     TOLERANCE,
@@ -31,8 +31,8 @@ from finetune_core.export import (
     read_export_checks,
     torchvision_state_dict,
 )
-from finetune_core.jobs import JobManager
-from finetune_core.models import build_classifier
+from finetune_core.jobs.manager import JobManager
+from finetune_core.models.classifier import build_classifier
 from finetune_core.runs import RunError, RunFolder
 from finetune_core.store import RunRecord, RunStatus, Workspace, new_id
 

@@ -7,7 +7,7 @@ import torch
 
 from finetune_core.config import RunConfig
 from finetune_core.data import create_demo_dataset
-from finetune_core.trainer import Trainer
+from finetune_core.training.trainer import Trainer
 
 pytestmark = [
     pytest.mark.gpu,
@@ -45,8 +45,7 @@ def test_trainer_runs_on_cuda(workspace, tmp_path, strategy, precision) -> None:
 
 
 def test_cuda_out_of_memory_is_recovered(workspace, tmp_path, monkeypatch) -> None:
-    from finetune_core import models
-
+    from finetune_core.models import classifier as models
     original = models.Classifier.forward
 
     def forward(self, x):

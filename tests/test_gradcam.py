@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 from torchvision.models import resnet18
 
-from finetune_core.gradcam import explain, grad_cam, jet, overlay
+from finetune_core.evaluation.gradcam import explain, grad_cam, jet, overlay
 
 
 def _hooks(model: nn.Module) -> int:

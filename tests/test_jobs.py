@@ -9,7 +9,7 @@ import pytest
 
 from finetune_core.config import RunConfig
 from finetune_core.data import create_demo_dataset
-from finetune_core.jobs import JobError, JobManager, cli_command
+from finetune_core.jobs.manager import JobError, JobManager, cli_command
 from finetune_core.store import RunStatus, Workspace
 
 
@@ -81,8 +81,7 @@ def test_queue_is_fifo_and_a_queued_run_can_be_removed(demo_ws) -> None:
 
 def test_a_failing_run_is_failed_with_reason_and_the_next_one_starts(demo_ws, monkeypatch) -> None:
     ws, ds = demo_ws
-    from finetune_core import trainer as trainer_module
-
+    from finetune_core.training import trainer as trainer_module
     original = trainer_module.Trainer._load_data
 
     def exploding(self):

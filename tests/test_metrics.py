@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from finetune_core.metrics import MAX_CURVE_POINTS, calibration, compute_metrics
+from finetune_core.evaluation.metrics import MAX_CURVE_POINTS, calibration, compute_metrics
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

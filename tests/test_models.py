@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torchvision.models import get_model_weights
 
-from finetune_core.backbone import split_evenly
-from finetune_core.models import (
+from finetune_core.models.backbone import split_evenly
+from finetune_core.models.classifier import (
     ZOO,
     Classifier,
     UnknownArchitectureError,

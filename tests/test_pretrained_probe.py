@@ -19,7 +19,7 @@ from PIL import Image
 
 from finetune_core.config import RunConfig
 from finetune_core.data import SplitSpec, ingest
-from finetune_core.trainer import Trainer
+from finetune_core.training.trainer import Trainer
 
 pytest.importorskip("efficientnet_lite_pytorch", reason="pip install efficientnet-lite-pytorch")
 pytest.importorskip(

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finetune_core.metrics import compute_metrics
-from finetune_core.report import (
+from finetune_core.evaluation.metrics import compute_metrics
+from finetune_core.reporting.report import (
     GALLERY_LIMIT,
     ReportData,
     make_thumbnail,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune_core.session_token import (
+from finetune_core.auth.session_token import (
     DEFAULT_LIFETIME_S,
     SECRET_FILE,
     issue_token,

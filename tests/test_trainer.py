@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 import torch
 
-from finetune_core.callbacks import Callback, MetricsLogger
-from finetune_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from finetune_core.training.callbacks import Callback, MetricsLogger
+from finetune_core.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from finetune_core.config import RunConfig
 from finetune_core.data import create_demo_dataset
-from finetune_core.jobs import read_history_file
+from finetune_core.jobs.manager import read_history_file
 from finetune_core.store import Workspace
-from finetune_core.trainer import Trainer, TrainingDiverged
+from finetune_core.training.trainer import Trainer, TrainingDiverged
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +167,7 @@ def test_huge_learning_rate_fails_with_a_nan_reason(demo, tmp_path) -> None:
 
 
 def test_injected_out_of_memory_halves_the_batch_and_recovers(demo, tmp_path, monkeypatch) -> None:
-    from finetune_core import models
-
+    from finetune_core.models import classifier as models
     original = models.Classifier.forward
     calls = {"oom": 0}
 
@@ -279,7 +278,7 @@ def test_probe_resume_continues_from_the_folded_head(demo, tmp_path) -> None:
 
 
 def test_lr_finder_suggests_a_rate_only_when_the_loss_falls() -> None:
-    from finetune_core.lr_finder import suggest_lr
+    from finetune_core.training.lr_finder import suggest_lr
 
     lrs = [1e-6 * 10 ** (i / 10) for i in range(60)]
     falling = [2.0 - 1.5 / (1 + __import__("math").exp(-(i - 30) / 4)) for i in range(50)] + [
@@ -292,7 +291,7 @@ def test_lr_finder_suggests_a_rate_only_when_the_loss_falls() -> None:
 
 
 def test_lr_finder_sweeps_the_real_model(demo, tmp_path) -> None:
-    from finetune_core.lr_finder import find_lr
+    from finetune_core.training.lr_finder import find_lr
 
     ws, ds = demo
     seen: list[int] = []

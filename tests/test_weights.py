@@ -18,8 +18,8 @@ import torch
 import torchvision
 from torch import nn
 
-from finetune_core.models import WeightsError, arch_info, build_classifier
-from finetune_core.weights import (
+from finetune_core.models.classifier import WeightsError, arch_info, build_classifier
+from finetune_core.models.weights import (
     MIRROR_ENV,
     checkpoint_dir,
     download_file,
@@ -398,7 +398,7 @@ def digits_as_images(size: int) -> tuple[torch.Tensor, np.ndarray]:
     x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
     x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     x = x.repeat(1, 3, 1, 1)
-    from finetune_core.models import imagenet_normalization
+    from finetune_core.models.classifier import imagenet_normalization
 
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in imagenet_normalization())
     return (x - mean) / std, digits.target

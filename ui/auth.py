@@ -1,7 +1,7 @@
 """Sign-in before any page renders, and who is signed in.
 
 ``app.py`` calls :func:`require_login` before ``st.navigation(...).run()``; pages call
-:func:`current_user`. The rules themselves live in ``finetune_core.access``.
+:func:`current_user`. The rules themselves live in ``finetune_core.auth.access``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import streamlit as st
 from streamlit.errors import StreamlitAuthError
 
-from finetune_core import session_token
-from finetune_core.access import (
+from finetune_core.auth import session_token
+from finetune_core.auth.access import (
     AccessConfigError,
     AccessSettings,
     User,

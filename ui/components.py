@@ -18,7 +18,7 @@ from typing import Any
 
 import streamlit as st
 
-from finetune_core.gallery import thumbnail_bytes
+from finetune_core.reporting.gallery import thumbnail_bytes
 from finetune_core.store import DatasetRecord, RunRecord, RunStatus
 
 # status -> (label, badge colour, icon)

@@ -13,9 +13,9 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from finetune_core.access import User, public_error
-from finetune_core.jobs import JobManager
-from finetune_core.postrun import DEFAULT_HOOKS
+from finetune_core.auth.access import User, public_error
+from finetune_core.jobs.manager import JobManager
+from finetune_core.jobs.postrun import DEFAULT_HOOKS
 from finetune_core.store import Workspace
 from ui.auth import access_settings, require_login
 from ui.auth import current_user as auth_current_user
@@ -99,7 +99,7 @@ def public(message: str) -> str:
 def architectures() -> list:
     """The architecture zoo with cached-weights status ([] while models.py is missing)."""
     try:
-        from finetune_core.models import list_architectures
+        from finetune_core.models.classifier import list_architectures
     except ImportError:
         return []
     return list_architectures()
@@ -130,7 +130,7 @@ def load_model(run_dir: Path) -> object:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _predictions(run_dir: str, mtime: float) -> list[dict]:
-    from finetune_core.evaluate import read_predictions
+    from finetune_core.evaluation.evaluate import read_predictions
     from finetune_core.runs import RunFolder
 
     return read_predictions(RunFolder(run_dir))

@@ -10,9 +10,9 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from finetune_core import charts
-from finetune_core.compare import HEADLINE, config_diff, headline_metrics, metrics_table
-from finetune_core.gallery import cell_predictions, source_names, true_class_probability
+from finetune_core.reporting import charts
+from finetune_core.reporting.compare import HEADLINE, config_diff, headline_metrics, metrics_table
+from finetune_core.reporting.gallery import cell_predictions, source_names, true_class_probability
 from finetune_core.runs import RunError, RunFolder
 from finetune_core.store import RunRecord, RunStatus
 from ui.components import (
@@ -84,7 +84,7 @@ st.caption(
 
 
 def evaluate_now() -> None:
-    from finetune_core.evaluate import evaluate_run
+    from finetune_core.evaluation.evaluate import evaluate_run
 
     with st.status("Evaluating on the validation and test images…", expanded=True) as status:
         try:
@@ -130,7 +130,7 @@ def report_button() -> None:
         return
     if st.button("Build the report", icon=":material/description:", key="build_report"):
         try:
-            from finetune_core.report import build_report
+            from finetune_core.reporting.report import build_report
         except ImportError as exc:
             not_available("The HTML report", exc)
             return
@@ -389,7 +389,7 @@ with tabs[4]:
 @st.cache_data(max_entries=256, show_spinner=False)
 def cam_images(run_dir: str, mtime: float, image: str) -> tuple[bytes, bytes, str, str]:
     from finetune_core.data.images import open_rgb
-    from finetune_core.predict import explain_image
+    from finetune_core.evaluation.predict import explain_image
 
     model = load_model(Path(run_dir))
     result = explain_image(model, open_rgb(image))
@@ -429,7 +429,7 @@ with tabs[5]:
             st.info("This run has no saved model, so activation maps cannot be computed.")
         elif chosen and st.toggle("Compute the activation maps", key=f"cam_on_{run.id}"):
             try:
-                import finetune_core.gradcam  # noqa: F401
+                import finetune_core.evaluation.gradcam  # noqa: F401
             except ImportError as exc:
                 not_available("Grad-CAM", exc)
             else:
@@ -547,7 +547,7 @@ def export_section() -> None:
         "verification against the PyTorch model on real images."
     )
     try:
-        from finetune_core.export import export_run, read_export_checks
+        from finetune_core.export.exporter import export_run, read_export_checks
     except ImportError as exc:
         not_available("Model export", exc)
         return

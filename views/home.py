@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from finetune_core.access import can_start
+from finetune_core.auth.access import can_start
 from finetune_core.data import IngestError, create_demo_dataset
 from finetune_core.device import device_info
-from finetune_core.jobs import JobError
+from finetune_core.jobs.manager import JobError
 from finetune_core.presets import demo_config
 from finetune_core.store import RunStatus
 from ui.components import (

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from finetune_core.data.images import ImageReadError, open_rgb
-from finetune_core.predict import Prediction, explain_image, predict_files, predictions_csv
+from finetune_core.evaluation.predict import Prediction, explain_image, predict_files, predictions_csv
 from finetune_core.runs import RunError
 from finetune_core.store import RunStatus
 from ui.components import error_box, esc, not_available, paginate, pick_run

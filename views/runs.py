@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from finetune_core.access import (
+from finetune_core.auth.access import (
     PermissionDenied,
     can_modify,
     can_start,
@@ -14,7 +14,7 @@ from finetune_core.access import (
     guarded_resume,
     guarded_stop,
 )
-from finetune_core.jobs import JobError
+from finetune_core.jobs.manager import JobError
 from finetune_core.store import RunRecord, RunStatus, StoreError
 from ui.components import (
     STATUS_STYLE,

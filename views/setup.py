@@ -8,8 +8,9 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from finetune_core import charts, distributed
-from finetune_core.access import can_start
+from finetune_core.reporting import charts
+from finetune_core.training import ddp as distributed
+from finetune_core.auth.access import can_start
 from finetune_core.config import (
     AUGMENTATIONS,
     CLASS_BALANCE,
@@ -24,10 +25,10 @@ from finetune_core.config import (
 from finetune_core.data import DatasetNotFound, load_dataset
 from finetune_core.data.dataset import Dataset
 from finetune_core.device import device_info
-from finetune_core.gallery import augmentation_preview, preview_rows
-from finetune_core.jobs import JobError, cli_command
+from finetune_core.reporting.gallery import augmentation_preview, preview_rows
+from finetune_core.jobs.manager import JobError, cli_command
 from finetune_core.presets import PRESETS, PRESETS_BY_KEY, preset_of
-from finetune_core.uploads import save_weights_upload
+from finetune_core.data.uploads import save_weights_upload
 from ui.components import error_box, esc, fmt_duration, not_available, pick_dataset
 from ui.services import (
     allow_custom_backbones,
@@ -204,7 +205,7 @@ image_size_now = int(val("image_size"))
 
 def epoch_seconds(arch: str) -> float | None:
     try:
-        from finetune_core.models import estimate_train_seconds_per_image
+        from finetune_core.models.classifier import estimate_train_seconds_per_image
     except ImportError:
         return None
     per_image = estimate_train_seconds_per_image(arch, image_size_now, info.kind)
@@ -311,8 +312,8 @@ with weights_col:
                 icon=":material/cloud_download:",
             )
             if st.button("Download them now", icon=":material/download:", key="weights_download"):
-                from finetune_core.models import WeightsError
-                from finetune_core.weights import download_imagenet_weights
+                from finetune_core.models.classifier import WeightsError
+                from finetune_core.models.weights import download_imagenet_weights
 
                 bar = st.progress(0.0, text="Downloading…")
 
@@ -550,7 +551,7 @@ if st.button(
     key="lr_find",
     disabled=bool(problems) or dataset.health.blocks_training,
 ):
-    from finetune_core.lr_finder import find_lr
+    from finetune_core.training.lr_finder import find_lr
 
     with st.status("Running the learning-rate finder…", expanded=True) as status:
         bar = st.progress(0.0, text="Preparing the data and the model")
@@ -598,7 +599,7 @@ for problem in problems:
     st.error(problem, icon=":material/error:")
 per_image = None
 if config.model in arch_names:
-    from finetune_core.models import estimate_train_seconds_per_image
+    from finetune_core.models.classifier import estimate_train_seconds_per_image
 
     per_image = estimate_train_seconds_per_image(config.model, config.image_size, info.kind)
 if per_image and not math.isnan(per_image):

@@ -11,16 +11,16 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from finetune_core import charts
-from finetune_core.access import (
+from finetune_core.reporting import charts
+from finetune_core.auth.access import (
     PermissionDenied,
     can_modify,
     can_start,
     guarded_resume,
     guarded_stop,
 )
-from finetune_core.callbacks import Progress
-from finetune_core.jobs import JobError
+from finetune_core.training.callbacks import Progress
+from finetune_core.jobs.manager import JobError
 from finetune_core.store import RunRecord, RunStatus, StoreError
 from ui.components import (
     Metric,

@@ -17,7 +17,7 @@ import numpy as np
 
 from finetune_core.data.cache import decoded_split
 from finetune_core.fsutil import atomic_write_json, atomic_write_text
-from finetune_core.metrics import compute_metrics
+from finetune_core.evaluation.metrics import compute_metrics
 from finetune_core.runs import RunError, RunFolder
 from finetune_core.store import utc_now
 

@@ -6,14 +6,11 @@ Each command group lives in its own module with a ``register(subparsers)`` funct
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-COMMAND_MODULES = (
-    "finetune_core.cli_data",
-    "finetune_core.cli_train",
-    "finetune_core.cli_eval",
-)
+from finetune_core.cli import data, evaluate, train
+
+COMMAND_MODULES = (data, train, evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workspace", help="workspace folder (default: $FINETUNE_WORKSPACE or ./workspace)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for module in COMMAND_MODULES:
+        module.register(sub)
     return parser
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from finetune_core.trainer import Trainer
+    from finetune_core.training.trainer import Trainer
 
 
 class Callback:

@@ -21,7 +21,7 @@ EXIT_NOT_VERIFIED = 3
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the eval, predict and export commands."""
-    from finetune_core.export import FORMATS
+    from finetune_core.export.exporter import FORMATS
 
     e = sub.add_parser(
         "eval",
@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------- helpers
 def resolve_run(args: argparse.Namespace) -> tuple[RunFolder, Workspace | None]:
     """The run named by RUN_DIR (a folder, else a workspace run id) and its workspace."""
-    from finetune_core.export import run_workspace
+    from finetune_core.export.exporter import run_workspace
 
     path = Path(args.run)
     if path.is_dir():
@@ -96,8 +96,8 @@ def _fail(message: object) -> int:
 
 # ---------------------------------------------------------------------- eval
 def run_eval(args: argparse.Namespace) -> int:
-    from finetune_core.evaluate import evaluate_run
-    from finetune_core.report import build_report
+    from finetune_core.evaluation.evaluate import evaluate_run
+    from finetune_core.reporting.report import build_report
 
     try:
         run, workspace = resolve_run(args)
@@ -152,7 +152,7 @@ def _pct(value: Any) -> str:
 
 # ------------------------------------------------------------------- predict
 def run_predict(args: argparse.Namespace) -> int:
-    from finetune_core.predict import predict_stream
+    from finetune_core.evaluation.predict import predict_stream
 
     try:
         run, _ = resolve_run(args)
@@ -220,7 +220,7 @@ def collect_images(inputs: list[str]) -> tuple[list[Path], list[tuple[Path, str]
 
 # -------------------------------------------------------------------- export
 def run_export(args: argparse.Namespace) -> int:
-    from finetune_core.export import export_run, export_summary
+    from finetune_core.export.exporter import export_run, export_summary
 
     try:
         run, workspace = resolve_run(args)

@@ -193,7 +193,7 @@ class ExportedBackbone(nn.Module):
     def __setstate__(self, state: dict[str, Any]) -> None:
         net_state = state.pop("_net_state")
         self.__dict__.update(state)
-        from finetune_core.safe_pt2 import load_program
+        from finetune_core.models.safe_pt2 import load_program
 
         net = load_program(self.path).module()
         net.load_state_dict(net_state)

@@ -11,7 +11,7 @@ from finetune_core.store import Workspace
 
 def evaluation(workspace: Workspace, run_id: str) -> None:
     """Write eval.json and predictions.csv for a run that saved a model."""
-    from finetune_core.evaluate import evaluate_run
+    from finetune_core.evaluation.evaluate import evaluate_run
     from finetune_core.runs import RunFolder
 
     run = RunFolder(workspace.run_dir(run_id))
@@ -21,7 +21,7 @@ def evaluation(workspace: Workspace, run_id: str) -> None:
 
 def report(workspace: Workspace, run_id: str) -> None:
     """Write report.html for a run that was evaluated."""
-    from finetune_core.report import build_report
+    from finetune_core.reporting.report import build_report
     from finetune_core.runs import RunFolder
 
     run = RunFolder(workspace.run_dir(run_id))

@@ -156,7 +156,7 @@ def explain_image(
     model: LoadedModel, image: Image.Image, class_index: int | None = None
 ) -> Explanation:
     """Grad-CAM (or saliency, where the model has no conv feature map) for one image."""
-    from finetune_core.gradcam import explain, overlay
+    from finetune_core.evaluation.gradcam import explain, overlay
 
     arr = to_uint8_chw(image, model.image_size)
     view = Image.fromarray(arr.transpose(1, 2, 0))

@@ -289,7 +289,7 @@ def torchvision_state_dict(arch: str, state: dict[str, torch.Tensor]) -> dict[st
     (and a Dropout before it replaced by Identity, which holds no weights), so renaming
     ``backbone.*`` -> ``*`` and ``head.1.*`` -> ``<family head>.*`` restores the layout.
     """
-    from finetune_core.backbone import family_of
+    from finetune_core.models.backbone import family_of
 
     head = family_of(arch).head
     out: dict[str, torch.Tensor] = {}
@@ -411,7 +411,7 @@ def preprocessing_spec(loaded: LoadedModel) -> dict[str, Any]:
 
 
 def _fixed_size(arch: str) -> bool:
-    from finetune_core.backbone import family_of
+    from finetune_core.models.backbone import family_of
 
     return family_of(arch).fixed_size
 

@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from finetune_core.callbacks import Callback, LiveState, Progress, ProgressReporter
+from finetune_core.training.callbacks import Callback, LiveState, Progress, ProgressReporter
 from finetune_core.fsutil import atomic_write_json, read_json
 
 if TYPE_CHECKING:
     from finetune_core.config import RunConfig
-    from finetune_core.trainer import Trainer, TrainResult
+    from finetune_core.training.trainer import Trainer, TrainResult
 
 PROGRESS_FILE = "progress.json"
 LAUNCH_LOG = "launch.log"
@@ -282,7 +282,7 @@ def _die_with_parent(sig: int) -> None:
 class ProgressFile(ProgressReporter):
     """Rank 0's live progress, written atomically to ``RUN_DIR/progress.json``.
 
-    Same fields as :class:`~finetune_core.callbacks.Progress` (history included), plus
+    Same fields as :class:`~finetune_core.training.callbacks.Progress` (history included), plus
     ``log_total`` so a reader can tell which log lines are new.
     """
 
@@ -491,7 +491,7 @@ def device_count_options(gpus: int) -> list[int | str]:
     return [*range(1, gpus + 1), "all"]
 
 
-_BOOTSTRAP = "from finetune_core.distributed import _torchrun_main; _torchrun_main()"
+_BOOTSTRAP = "from finetune_core.training.ddp import _torchrun_main; _torchrun_main()"
 
 
 def _torchrun_main() -> None:
@@ -748,7 +748,7 @@ def supervise(
 
 def run_result(run: Launch, *, stopped: bool) -> TrainResult:
     """The outcome of a finished launch, from rank 0's metrics.json and the ranks' errors."""
-    from finetune_core.trainer import TrainResult
+    from finetune_core.training.trainer import TrainResult
 
     code = run.poll()
     summary = read_json(run.run_dir / "metrics.json", None)
@@ -773,7 +773,7 @@ def run_result(run: Launch, *, stopped: bool) -> TrainResult:
             message = f"torchrun exited with code {code}" + (f": {last}" if last else "")
             details = tail
         raise DistributedRunError(message, details)
-    from finetune_core.jobs import read_history_file
+    from finetune_core.jobs.manager import read_history_file
 
     history = read_history_file(run.run_dir / "metrics.jsonl")
     return TrainResult(

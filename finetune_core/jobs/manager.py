@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune_core.callbacks import Callback, LiveState, MetricsLogger, Progress, ProgressReporter
+from finetune_core.training.callbacks import Callback, LiveState, MetricsLogger, Progress, ProgressReporter
 from finetune_core.config import ConfigError, RunConfig
 from finetune_core.fsutil import read_json
 from finetune_core.store import RunRecord, RunStatus, StoreError, Workspace, new_id, utc_now
@@ -96,7 +96,7 @@ class JobManager:
         except ConfigError as exc:
             raise JobError(str(exc)) from exc
         if config.nodes != 1:
-            from finetune_core.distributed import MULTI_NODE_FROM_CLI
+            from finetune_core.training.ddp import MULTI_NODE_FROM_CLI
 
             raise JobError(MULTI_NODE_FROM_CLI)
         try:
@@ -256,7 +256,7 @@ class JobManager:
                     self._jobs.pop(run_id, None)
 
     def _execute(self, job: _Job) -> None:
-        from finetune_core import distributed
+        from finetune_core.training import ddp as distributed
         from finetune_core.data import load_dataset
 
         ws, run_id = self.workspace, job.run_id
@@ -313,7 +313,7 @@ class JobManager:
 
     def _execute_in_thread(self, job: _Job, config: RunConfig, dataset: Any, run_dir: Path) -> Any:
         """The single-process path: the Trainer runs in this worker thread."""
-        from finetune_core.trainer import Trainer
+        from finetune_core.training.trainer import Trainer
 
         ws, run_id = self.workspace, job.run_id
         callbacks: list[Callback] = [
@@ -340,8 +340,7 @@ class JobManager:
 
         In-process callbacks (``extra_callbacks``) cannot follow a run in other processes.
         """
-        from finetune_core import distributed
-
+        from finetune_core.training import ddp as distributed
         def store_epochs(progress: Progress) -> None:
             with contextlib.suppress(StoreError):
                 self.workspace.update_run(

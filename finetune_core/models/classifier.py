@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from finetune_core.backbone import (
+from finetune_core.models.backbone import (
     ZOO,
     backbone_group_names,
     build_torchvision,
@@ -28,7 +28,7 @@ from finetune_core.backbone import (
     resolve,
     strip_head,
 )
-from finetune_core.weights import (
+from finetune_core.models.weights import (
     LoadReport,
     Progress,
     UnknownArchitectureError,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import plotly.graph_objects as go
 from PIL import Image
 
-from finetune_core import charts
+from finetune_core.reporting import charts
 from finetune_core.fsutil import atomic_write_text
 
 if TYPE_CHECKING:  # rendering stays free of torch; only build_report reads run folders
@@ -145,8 +145,8 @@ def collect_report_data(
     run: RunFolder, workspace: Workspace | str | Path | None = None
 ) -> ReportData:
     """The ReportData of a run folder (see ``build_report``)."""
-    from finetune_core.evaluate import read_predictions
-    from finetune_core.export import read_export_checks, run_record, run_workspace
+    from finetune_core.evaluation.evaluate import read_predictions
+    from finetune_core.export.exporter import read_export_checks, run_record, run_workspace
 
     ws = run_workspace(run, workspace)
     record = run_record(run, ws)
@@ -212,7 +212,7 @@ def misclassified_gallery(
     edited predictions.csv can never make the report read files outside the dataset.
     """
     from finetune_core.data.images import ImageReadError, open_rgb
-    from finetune_core.evaluate import read_predictions
+    from finetune_core.evaluation.evaluate import read_predictions
 
     if dataset is None:
         return []

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from finetune_core.config import ConfigError, RunConfig
 
 if TYPE_CHECKING:
-    from finetune_core.distributed import DistContext
+    from finetune_core.training.ddp import DistContext
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -108,8 +108,7 @@ def _resolve_dataset(workspace, source: str):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from finetune_core import distributed
-
+    from finetune_core.training import ddp as distributed
     try:
         config = config_from_args(args)
         config.validate()
@@ -140,12 +139,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, config: RunConfig, ctx: DistContext) -> int:
     """Train in this process: the whole run, or this rank's part under torchrun."""
-    from finetune_core import distributed
-    from finetune_core.callbacks import ConsoleProgress, MetricsLogger
-    from finetune_core.jobs import write_run_info
-    from finetune_core.models import WeightsError
+    from finetune_core.training import ddp as distributed
+    from finetune_core.training.callbacks import ConsoleProgress, MetricsLogger
+    from finetune_core.jobs.manager import write_run_info
+    from finetune_core.models.classifier import WeightsError
     from finetune_core.store import Workspace
-    from finetune_core.trainer import Trainer, TrainingError
+    from finetune_core.training.trainer import Trainer, TrainingError
 
     workspace = Workspace(args.workspace)
     try:
@@ -211,7 +210,7 @@ def _train(args: argparse.Namespace, config: RunConfig, ctx: DistContext) -> int
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from finetune_core.models import list_architectures
+    from finetune_core.models.classifier import list_architectures
 
     infos = list_architectures()
     if args.json:

@@ -15,7 +15,7 @@ from finetune_core.data.cache import DecodedImages
 from finetune_core.fsutil import atomic_write
 
 if TYPE_CHECKING:
-    from finetune_core.trainer import Trainer
+    from finetune_core.training.trainer import Trainer
 
 FEATURE_BATCH = 64
 

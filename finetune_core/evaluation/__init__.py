@@ -1,0 +1,1 @@
+"""Evaluating a trained run: metrics, Grad-CAM, predictions on new images."""

@@ -1,0 +1,1 @@
+"""Exported models (TorchScript, ExportedProgram, ONNX, checkpoint), verified."""

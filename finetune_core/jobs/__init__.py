@@ -1,0 +1,1 @@
+"""Running runs: the job manager, the torchrun launcher and supervisor, post-run steps."""

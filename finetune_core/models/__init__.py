@@ -1,0 +1,1 @@
+"""The model zoo, weight sources, custom backbones, checkpoints."""

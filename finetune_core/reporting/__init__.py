@@ -1,0 +1,1 @@
+"""Charts, the HTML report, image galleries and run comparison."""
