@@ -28,11 +28,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.seed_loop import seed_loop  # noqa: E402
-from finetune_core.training.callbacks import Callback  # noqa: E402
 from finetune_core.config import RunConfig  # noqa: E402
 from finetune_core.data import ingest, make_demo_folder  # noqa: E402
 from finetune_core.data.augment import augment_normalized  # noqa: E402
 from finetune_core.store import Workspace  # noqa: E402
+from finetune_core.training.callbacks import Callback  # noqa: E402
 from finetune_core.training.trainer import Trainer  # noqa: E402
 
 DEVICE = "cuda"

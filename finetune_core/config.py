@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from finetune_core.fsutil import atomic_write_text
+
 STRATEGIES = ("probe", "finetune", "full", "last_n")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -212,7 +214,6 @@ class RunConfig:
         return cls.from_json(Path(path).read_text(encoding="utf-8"))
 
     def save(self, path: str | Path) -> None:
-        from finetune_core.fsutil import atomic_write_text
 
         atomic_write_text(Path(path), self.to_json())
 

@@ -1,149 +1,262 @@
-"""A run folder on disk, and the trained model inside it.
+"""THE run folder: where every file of a run lives, and the only reader and writer of
+its summary (``metrics.json``) and epoch history (``metrics.jsonl``).
 
-Layout: ``config.json`` (RunConfig), ``run.json`` (environment, dataset, CLI command),
-``metrics.jsonl`` (one line per epoch), ``metrics.json`` (summary),
-``checkpoints/best.pt`` and ``last.pt``, optionally ``backbone.pt2``, and after
-evaluation ``eval.json``, ``predictions.csv``, ``report.html`` and ``export/``.
-The dashboard's runs live in the workspace; CLI runs may live anywhere.
+Layout (``RunPaths``): ``config.json`` (RunConfig), ``run.json`` (environment, dataset,
+CLI command), ``metrics.jsonl`` (one line per epoch), ``metrics.json`` (summary, with
+``status``), ``checkpoints/best.pt`` and ``last.pt``, optionally ``backbone.pt2``;
+torchrun runs add ``progress.json``, ``launch.log`` and ``errors/``; evaluation adds
+``eval.json``, ``predictions.csv``, ``report.html`` and ``export/``. The dashboard's
+runs live in the workspace; CLI runs may live anywhere. Everything else asks this module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from PIL import Image
-
-from finetune_core import device as devices
-from finetune_core.models.checkpoint import CheckpointError, load_checkpoint
 from finetune_core.config import RunConfig
-from finetune_core.data.augment import normalize
-from finetune_core.data.cache import to_uint8_chw
-from finetune_core.fsutil import read_json
+from finetune_core.fsutil import atomic_write_json, atomic_write_text, read_json
+from finetune_core.store import RunRecord, StoreError, Workspace, is_workspace
 
 
 class RunError(Exception):
     """The run folder cannot be used for this; the message says why."""
 
 
-@dataclass
-class LoadedModel:
-    """A trained classifier with everything needed to preprocess its inputs."""
+@dataclass(frozen=True)
+class RunPaths:
+    """Every path inside one run folder."""
 
-    model: torch.nn.Module  # finetune_core.models.classifier.Classifier, in eval mode
-    class_names: list[str]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    image_size: int
-    epoch: int
-    device: torch.device
+    root: Path
 
-    @torch.no_grad()
-    def predict_uint8(self, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-        """Class probabilities (N, C) for uint8 (N,3,S,S) images at ``image_size``."""
-        mean = torch.tensor(self.mean, device=self.device)
-        std = torch.tensor(self.std, device=self.device)
-        out = []
-        for start in range(0, len(images), batch_size):
-            xb = normalize(images[start : start + batch_size].to(self.device), mean, std)
-            out.append(torch.softmax(self.model(xb).float(), dim=1).cpu())
-        if not out:
-            return np.zeros((0, len(self.class_names)), dtype=np.float32)
-        return torch.cat(out).numpy()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
 
-    def predict_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Probabilities for PIL images: the same resize and centre crop as training."""
-        arr = np.stack([to_uint8_chw(im, self.image_size) for im in images]) if images else None
-        if arr is None:
-            return np.zeros((0, len(self.class_names)), dtype=np.float32)
-        return self.predict_uint8(torch.from_numpy(arr))
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def info(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def checkpoint(self, which: str = "best") -> Path:
+        return self.checkpoints / f"{which}.pt"
+
+    @property
+    def backbone(self) -> Path:
+        """A custom ``.pt2`` backbone, copied into the run so it never depends on the upload."""
+        return self.root / "backbone.pt2"
+
+    @property
+    def progress(self) -> Path:
+        return self.root / "progress.json"
+
+    @property
+    def launch_log(self) -> Path:
+        return self.root / "launch.log"
+
+    @property
+    def errors(self) -> Path:
+        return self.root / "errors"
+
+    def rank_error(self, rank: int) -> Path:
+        return self.errors / f"rank-{rank}.json"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "eval.json"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions.csv"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def exports(self) -> Path:
+        return self.root / "export"
+
+    def export_bundle(self, fmt: str) -> Path:
+        return self.exports / fmt
+
+    def export_zip(self, fmt: str) -> Path:
+        return self.exports / f"{fmt}.zip"
+
+    @property
+    def cache(self) -> Path:
+        """Per-run decode cache for CLI runs outside a workspace."""
+        return self.root / ".cache"
+
+    def is_run(self) -> bool:
+        return self.config.exists()
+
+    def has_model(self) -> bool:
+        """The one answer to "does this run have a model": its best checkpoint exists."""
+        return self.checkpoint("best").exists()
+
+    def workspace_guess(self) -> Path:
+        """Workspace runs live in ``<workspace>/runs/<id>``."""
+        return self.root.parent.parent
+
+
+# ---------------------------------------------------------------- summary and history
+def read_summary(paths: RunPaths) -> dict[str, Any]:
+    """The run's summary (``{}`` before training has finished once)."""
+    data = read_json(paths.summary, {})
+    return data if isinstance(data, dict) else {}
+
+
+def write_summary(paths: RunPaths, summary: dict[str, Any]) -> None:
+    atomic_write_json(paths.summary, summary)
+
+
+def update_summary(paths: RunPaths, **changes: Any) -> dict[str, Any]:
+    """Merge ``changes`` into the summary (e.g. the final ``status``) and write it."""
+    summary = {**read_summary(paths), **changes}
+    write_summary(paths, summary)
+    return summary
+
+
+def read_history(paths: RunPaths) -> list[dict[str, Any]]:
+    """Epoch rows; a torn last line (crash mid-write) is ignored."""
+    rows: list[dict[str, Any]] = []
+    try:
+        text = paths.history.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return rows
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def append_history(paths: RunPaths, row: dict[str, Any]) -> None:
+    with paths.history.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_history(paths: RunPaths, rows: list[dict[str, Any]]) -> None:
+    """Replace the history (resume: exactly the epochs the checkpoint knows about)."""
+    atomic_write_text(paths.history, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def clear_history(paths: RunPaths) -> None:
+    paths.history.unlink(missing_ok=True)
+
+
+def read_info(paths: RunPaths) -> dict[str, Any]:
+    data = read_json(paths.info, {})
+    return data if isinstance(data, dict) else {}
+
+
+def write_info(paths: RunPaths, info: dict[str, Any]) -> None:
+    atomic_write_json(paths.info, info)
+
+
+def save_config(paths: RunPaths, config: RunConfig) -> None:
+    config.save(paths.config)
 
 
 class RunFolder:
     """Read access to one run's files."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not (self.path / "config.json").exists():
+        self.paths = RunPaths(Path(path))
+        self.path = self.paths.root
+        if not self.paths.is_run():
             raise RunError(
-                f"{self.path.name} is not a run folder (no config.json); "
+                f"{self.path.name} is not a run folder (no {self.paths.config.name}); "
                 "pass the folder a training run wrote (--out)."
             )
-        self.config = RunConfig.load(self.path / "config.json")
-        self.info: dict[str, Any] = read_json(self.path / "run.json", {}) or {}
+        self.config = RunConfig.load(self.paths.config)
+        self.info: dict[str, Any] = read_info(self.paths)
 
     @property
     def id(self) -> str:
         return self.path.name
 
     def checkpoint_path(self, which: str = "best") -> Path:
-        return self.path / "checkpoints" / f"{which}.pt"
+        return self.paths.checkpoint(which)
 
     def has_checkpoint(self) -> bool:
-        return self.checkpoint_path("best").exists()
+        return self.paths.has_model()
 
     def history(self) -> list[dict[str, Any]]:
-        from finetune_core.jobs.manager import read_history_file
-
-        return read_history_file(self.path / "metrics.jsonl")
+        return read_history(self.paths)
 
     def summary(self) -> dict[str, Any]:
-        return read_json(self.path / "metrics.json", {}) or {}
+        return read_summary(self.paths)
 
     def evaluation(self) -> dict[str, Any] | None:
-        return read_json(self.path / "eval.json")
+        data = read_json(self.paths.evaluation)
+        return data if isinstance(data, dict) else None
 
-    def load_model(self, which: str = "best", device: str = "cpu") -> LoadedModel:
-        """Rebuild the classifier from a checkpoint (never downloads weights)."""
-        from finetune_core.models.classifier import build_classifier
+    def workspace_root(self) -> Path | None:
+        """The workspace that holds this run's dataset: run.json's, else the folder's parent."""
+        root = Path(self.info.get("workspace") or self.paths.workspace_guess())
+        return root if is_workspace(root) else None
 
-        try:
-            ckpt = load_checkpoint(self.checkpoint_path(which))
-        except CheckpointError as exc:
-            raise RunError(str(exc)) from exc
-        weights = "none"
-        if str(ckpt["config"].get("weights", "")).endswith(".pt2"):
-            backbone = self.path / "backbone.pt2"
-            if not backbone.exists():
-                raise RunError(
-                    "The run's custom backbone (backbone.pt2) is missing from its folder."
-                )
-            weights = str(backbone)
-        model, _ = build_classifier(
-            ckpt["arch"], int(ckpt["num_classes"]), weights, image_size=int(ckpt["image_size"])
-        )
-        model.load_state_dict(ckpt["model_state"])
-        dev = devices.resolve_device(device)
-        model.to(dev).eval()
-        return LoadedModel(
-            model=model,
-            class_names=list(ckpt["class_names"]),
-            mean=tuple(ckpt["mean"]),
-            std=tuple(ckpt["std"]),
-            image_size=int(ckpt["image_size"]),
-            epoch=int(ckpt.get("epoch", 0)),
-            device=dev,
-        )
 
-    def dataset(self, workspace: Any = None) -> Any:
-        """The dataset the run trained on (from the workspace that holds it)."""
-        from finetune_core.data import DatasetNotFound, load_dataset
-        from finetune_core.store import Workspace
+def run_workspace(
+    run: RunFolder, workspace: Workspace | str | Path | None = None
+) -> Workspace | None:
+    """The workspace that holds the run's dataset, without creating one anywhere.
 
-        if workspace is None:
-            root = self.info.get("workspace") or self.path.parent.parent
-            if not (Path(root) / "workspace.db").exists():
-                raise RunError(
-                    "Cannot find the workspace that holds this run's dataset; pass --workspace."
-                )
-            workspace = Workspace(root)
-        try:
-            return load_dataset(workspace, self.config.dataset)
-        except DatasetNotFound as exc:
-            raise RunError(
-                f"The run's dataset ({self.config.dataset}) is no longer in the workspace: {exc}"
-            ) from exc
+    ``workspace`` wins; else run.json's ``workspace`` (CLI runs); else the workspace
+    whose ``runs/`` folder contains the run.
+    """
+    if isinstance(workspace, Workspace):
+        return workspace
+    if workspace:
+        return Workspace(workspace)
+    recorded = run.info.get("workspace")
+    if recorded and is_workspace(recorded):
+        return Workspace(recorded)
+    folder = run.path.resolve()
+    if folder.parent.name == "runs" and is_workspace(folder.parent.parent):
+        return Workspace(folder.parent.parent)
+    return None
+
+
+def run_record(run: RunFolder, workspace: Workspace | None) -> RunRecord | None:
+    """The run's row in the workspace table, when the folder is that workspace's run."""
+    if workspace is None:
+        return None
+    try:
+        if workspace.run_dir(run.id).resolve() != run.path.resolve():
+            return None
+        return workspace.get_run(run.id)
+    except StoreError:
+        return None
+
+
+def run_status(run: RunFolder, workspace: Workspace | None) -> str:
+    """SUCCEEDED, FAILED, ... from the runs table, else the summary (CLI runs), else ''."""
+    record = run_record(run, workspace)
+    if record is not None:
+        return record.status
+    return str(run.summary().get("status") or "")

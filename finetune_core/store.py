@@ -70,6 +70,9 @@ MIGRATIONS: list[str] = [
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
+WORKSPACE_DB = "workspace.db"
+
+
 class RunStatus:
     """Run lifecycle states stored in the database."""
 
@@ -181,6 +184,11 @@ def _decode(cls: type, row: sqlite3.Row) -> Any:
     return cls(**values)
 
 
+def is_workspace(root: str | Path) -> bool:
+    """Whether ``root`` holds a workspace (its database exists); creates nothing."""
+    return (Path(root) / WORKSPACE_DB).is_file()
+
+
 def default_workspace_root() -> Path:
     return Path(os.environ.get("FINETUNE_WORKSPACE", "workspace")).expanduser().resolve()
 
@@ -196,7 +204,7 @@ class Workspace:
         self.tmp_dir = self.root / "tmp"
         for folder in (self.datasets_dir, self.runs_dir, self.cache_dir, self.tmp_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        self.db_path = self.root / "workspace.db"
+        self.db_path = self.root / WORKSPACE_DB
         self._local = threading.local()
         self._migrate()
 

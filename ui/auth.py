@@ -25,6 +25,7 @@ from finetune_core.auth.access import (
     load_access_settings,
     make_user,
 )
+from ui.settings import workspace_root
 
 FAILED_DELAY_S = 1.0  # wait after a wrong password, times the session's failures so far
 MAX_DELAY_S = 8.0
@@ -183,7 +184,6 @@ def _password_login(settings: AccessSettings) -> User:
 
 # ------------------------------------------------------------------ stay signed in
 def _secret() -> bytes:
-    from ui.services import workspace_root
 
     return session_token.server_secret(workspace_root())
 

@@ -20,6 +20,7 @@ import streamlit as st
 
 from finetune_core.reporting.gallery import thumbnail_bytes
 from finetune_core.store import DatasetRecord, RunRecord, RunStatus
+from ui.services import public
 
 # status -> (label, badge colour, icon)
 STATUS_STYLE: dict[str, tuple[str, str, str]] = {
@@ -136,7 +137,6 @@ def metric_row(metrics: Sequence[Metric], per_row: int = 6) -> None:
 def error_box(message: str, exc: BaseException | None = None, details: str | None = None) -> None:
     """A readable error, with the technical detail folded away (server paths hidden from
     users who are not admins)."""
-    from ui.services import public
 
     st.error(esc(public(message)), icon=":material/error:")
     text = details
@@ -145,13 +145,6 @@ def error_box(message: str, exc: BaseException | None = None, details: str | Non
     if text:
         with st.expander("Details"):
             st.code(public(text), language="text")
-
-
-def not_available(feature: str, exc: BaseException | None = None) -> None:
-    st.info(f"{feature} is not available in this installation yet.", icon=":material/construction:")
-    if exc is not None:
-        with st.expander("Details"):
-            st.code(f"{type(exc).__name__}: {exc}", language="text")
 
 
 # ----------------------------------------------------------------------------- images

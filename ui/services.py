@@ -7,31 +7,22 @@ the server and survives refreshes, closed tabs and a second teammate's browser.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from finetune_core.auth.access import User, public_error
+from finetune_core.evaluation.evaluate import read_predictions
 from finetune_core.jobs.manager import JobManager
 from finetune_core.jobs.postrun import DEFAULT_HOOKS
+from finetune_core.models.classifier import list_architectures
+from finetune_core.models.loaded import load_run_model
+from finetune_core.runs import RunError, RunFolder
 from finetune_core.store import Workspace
 from ui.auth import access_settings, require_login
 from ui.auth import current_user as auth_current_user
-
-
-def setting(name: str, default: str = "") -> str:
-    """An admin setting: the environment variable ``name``, else ``st.secrets[name]``."""
-    value = os.environ.get(name)
-    if value is not None:
-        return value
-    try:
-        if name in st.secrets:
-            return str(st.secrets[name])
-    except Exception:  # no secrets.toml, or an unreadable one: settings stay at defaults
-        pass
-    return default
+from ui.settings import workspace_root
 
 
 def allow_server_paths() -> bool:
@@ -40,10 +31,6 @@ def allow_server_paths() -> bool:
 
 def allow_custom_backbones() -> bool:
     return access_settings().allow_custom_backbones
-
-
-def workspace_root() -> Path:
-    return Path(setting("FINETUNE_WORKSPACE", "workspace")).expanduser().resolve()
 
 
 @st.cache_resource(show_spinner=False)
@@ -97,11 +84,7 @@ def public(message: str) -> str:
 
 @st.cache_data(ttl=60, show_spinner=False)
 def architectures() -> list:
-    """The architecture zoo with cached-weights status ([] while models.py is missing)."""
-    try:
-        from finetune_core.models.classifier import list_architectures
-    except ImportError:
-        return []
+    """The architecture zoo with cached-weights status."""
     return list_architectures()
 
 
@@ -111,14 +94,12 @@ def imagenet_cached(model: str) -> bool:
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
 def _load_model(run_dir: str, mtime: float) -> object:
-    from finetune_core.runs import RunFolder
 
-    return RunFolder(run_dir).load_model("best")
+    return load_run_model(RunFolder(run_dir), "best")
 
 
 def load_model(run_dir: Path) -> object:
     """The run's best model (cached per checkpoint file; raises RunError)."""
-    from finetune_core.runs import RunError, RunFolder
 
     checkpoint = RunFolder(run_dir).checkpoint_path("best")
     try:
@@ -130,8 +111,6 @@ def load_model(run_dir: Path) -> object:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _predictions(run_dir: str, mtime: float) -> list[dict]:
-    from finetune_core.evaluation.evaluate import read_predictions
-    from finetune_core.runs import RunFolder
 
     return read_predictions(RunFolder(run_dir))
 

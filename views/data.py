@@ -9,7 +9,6 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from finetune_core.reporting import charts
 from finetune_core.auth.access import (
     PermissionDenied,
     can_modify,
@@ -28,9 +27,10 @@ from finetune_core.data import (
 )
 from finetune_core.data.dataset import Dataset
 from finetune_core.data.health import Finding
+from finetune_core.data.uploads import stage_csv_upload
+from finetune_core.reporting import charts
 from finetune_core.reporting.gallery import class_rows, finding_files
 from finetune_core.store import StoreError
-from finetune_core.data.uploads import stage_csv_upload
 from ui.components import (
     HEALTH_STYLE,
     Metric,

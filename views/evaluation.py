@@ -10,9 +10,15 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from finetune_core.data.dataset import run_dataset
+from finetune_core.data.images import open_rgb
+from finetune_core.evaluation.evaluate import evaluate_run
+from finetune_core.evaluation.predict import explain_image
+from finetune_core.export.exporter import export_run, read_export_checks
 from finetune_core.reporting import charts
 from finetune_core.reporting.compare import HEADLINE, config_diff, headline_metrics, metrics_table
 from finetune_core.reporting.gallery import cell_predictions, source_names, true_class_probability
+from finetune_core.reporting.report import build_report
 from finetune_core.runs import RunError, RunFolder
 from finetune_core.store import RunRecord, RunStatus
 from ui.components import (
@@ -25,7 +31,6 @@ from ui.components import (
     fmt_pct,
     fmt_when,
     metric_row,
-    not_available,
     paginate,
     pick_run,
     run_label,
@@ -84,7 +89,6 @@ st.caption(
 
 
 def evaluate_now() -> None:
-    from finetune_core.evaluation.evaluate import evaluate_run
 
     with st.status("Evaluating on the validation and test images…", expanded=True) as status:
         try:
@@ -129,11 +133,6 @@ def report_button() -> None:
         )
         return
     if st.button("Build the report", icon=":material/description:", key="build_report"):
-        try:
-            from finetune_core.reporting.report import build_report
-        except ImportError as exc:
-            not_available("The HTML report", exc)
-            return
         with st.spinner("Writing the report…"):
             try:
                 build_report(folder, ws)
@@ -220,7 +219,7 @@ if preds and len({p["pred"] for p in preds}) == 1 and len(class_names) > 1:
 
 def dataset_or_none() -> Any:
     try:
-        return folder.dataset(ws)
+        return run_dataset(folder, ws)
     except RunError:
         return None
 
@@ -388,8 +387,6 @@ with tabs[4]:
 # ----------------------------------------------------------------------- Grad-CAM
 @st.cache_data(max_entries=256, show_spinner=False)
 def cam_images(run_dir: str, mtime: float, image: str) -> tuple[bytes, bytes, str, str]:
-    from finetune_core.data.images import open_rgb
-    from finetune_core.evaluation.predict import explain_image
 
     model = load_model(Path(run_dir))
     result = explain_image(model, open_rgb(image))
@@ -428,31 +425,24 @@ with tabs[5]:
         if mtime is None:
             st.info("This run has no saved model, so activation maps cannot be computed.")
         elif chosen and st.toggle("Compute the activation maps", key=f"cam_on_{run.id}"):
-            try:
-                import finetune_core.evaluation.gradcam  # noqa: F401
-            except ImportError as exc:
-                not_available("Grad-CAM", exc)
-            else:
-                with st.grid(4, min_column_width=150):
-                    for path in chosen:
-                        file = image_file(path)
-                        if file is None:
-                            continue
-                        try:
-                            original, heat, label, note = cam_images(
-                                str(folder.path), mtime, str(file)
-                            )
-                        except Exception as exc:
-                            error_box(f"No activation map for {short(path)}: {exc}", exc)
-                            continue
-                        with st.container(border=True):
-                            st.image(
-                                original,
-                                caption=esc(f"{short(path)} · true {by_path[path]['true']}"),
-                                width="stretch",
-                            )
-                            st.image(heat, caption=esc(f"predicted {label}"), width="stretch")
-                            st.caption(esc(note))
+            with st.grid(4, min_column_width=150):
+                for path in chosen:
+                    file = image_file(path)
+                    if file is None:
+                        continue
+                    try:
+                        original, heat, label, note = cam_images(str(folder.path), mtime, str(file))
+                    except Exception as exc:
+                        error_box(f"No activation map for {short(path)}: {exc}", exc)
+                        continue
+                    with st.container(border=True):
+                        st.image(
+                            original,
+                            caption=esc(f"{short(path)} · true {by_path[path]['true']}"),
+                            width="stretch",
+                        )
+                        st.image(heat, caption=esc(f"predicted {label}"), width="stretch")
+                        st.caption(esc(note))
 
 
 # ----------------------------------------------------------------------- training
@@ -546,11 +536,6 @@ def export_section() -> None:
         "Each export is a zip with the model, its labels, a stand-alone predict.py and a "
         "verification against the PyTorch model on real images."
     )
-    try:
-        from finetune_core.export.exporter import export_run, read_export_checks
-    except ImportError as exc:
-        not_available("Model export", exc)
-        return
     left, right = st.columns([1, 2], gap="medium")
     fmt = left.selectbox(
         "Format", list(EXPORT_FORMATS), format_func=EXPORT_FORMATS.get, key="export_fmt"

@@ -8,10 +8,15 @@ import pandas as pd
 import streamlit as st
 
 from finetune_core.data.images import ImageReadError, open_rgb
-from finetune_core.evaluation.predict import Prediction, explain_image, predict_files, predictions_csv
+from finetune_core.evaluation.predict import (
+    Prediction,
+    explain_image,
+    predict_files,
+    predictions_csv,
+)
 from finetune_core.runs import RunError
 from finetune_core.store import RunStatus
-from ui.components import error_box, esc, not_available, paginate, pick_run
+from ui.components import error_box, esc, paginate, pick_run
 from ui.services import get_workspace, load_model
 
 ws = get_workspace()
@@ -73,9 +78,6 @@ def show_prediction(prediction: Prediction, data: bytes) -> None:
         if explain:
             try:
                 overlay, note = activation_map(run.id, data)
-            except ImportError as exc:
-                with cols[1]:
-                    not_available("Grad-CAM", exc)
             except Exception as exc:
                 with cols[1]:
                     error_box(f"No activation map: {exc}", exc)

@@ -8,8 +8,6 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from finetune_core.reporting import charts
-from finetune_core.training import ddp as distributed
 from finetune_core.auth.access import can_start
 from finetune_core.config import (
     AUGMENTATIONS,
@@ -24,12 +22,15 @@ from finetune_core.config import (
 )
 from finetune_core.data import DatasetNotFound, load_dataset
 from finetune_core.data.dataset import Dataset
-from finetune_core.device import device_info
-from finetune_core.reporting.gallery import augmentation_preview, preview_rows
-from finetune_core.jobs.manager import JobError, cli_command
-from finetune_core.presets import PRESETS, PRESETS_BY_KEY, preset_of
 from finetune_core.data.uploads import save_weights_upload
-from ui.components import error_box, esc, fmt_duration, not_available, pick_dataset
+from finetune_core.device import device_info
+from finetune_core.jobs.manager import JobError, cli_command
+from finetune_core.models.classifier import estimate_train_seconds_per_image
+from finetune_core.presets import PRESETS, PRESETS_BY_KEY, preset_of
+from finetune_core.reporting import charts
+from finetune_core.reporting.gallery import augmentation_preview, preview_rows
+from finetune_core.training import ddp as distributed
+from ui.components import error_box, esc, fmt_duration, pick_dataset
 from ui.services import (
     allow_custom_backbones,
     architectures,
@@ -196,18 +197,11 @@ else:
 st.subheader("Model")
 archs = architectures()
 info = device_info()
-if not archs:
-    not_available("The model zoo")
-    st.stop()
 arch_names = [a.name for a in archs]
 image_size_now = int(val("image_size"))
 
 
 def epoch_seconds(arch: str) -> float | None:
-    try:
-        from finetune_core.models.classifier import estimate_train_seconds_per_image
-    except ImportError:
-        return None
     per_image = estimate_train_seconds_per_image(arch, image_size_now, info.kind)
     return None if math.isnan(per_image) else per_image * train_count
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from finetune_core.reporting import charts
 from finetune_core.auth.access import (
     PermissionDenied,
     can_modify,
@@ -19,9 +18,11 @@ from finetune_core.auth.access import (
     guarded_resume,
     guarded_stop,
 )
-from finetune_core.training.callbacks import Progress
+from finetune_core.device import device_info
 from finetune_core.jobs.manager import JobError
+from finetune_core.reporting import charts
 from finetune_core.store import RunRecord, RunStatus, StoreError
+from finetune_core.training.callbacks import Progress
 from ui.components import (
     Metric,
     error_box,
@@ -144,7 +145,6 @@ def _on_gpu() -> bool:
     device = (run.config or {}).get("device", "auto")
     if device.startswith("cuda"):
         return True
-    from finetune_core.device import device_info
 
     return device == "auto" and device_info().kind == "cuda"
 

@@ -13,6 +13,15 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+from finetune_core.data import (
+    CsvSource,
+    DatasetNotFound,
+    IngestError,
+    SplitSpec,
+    create_demo_dataset,
+    ingest,
+    load_dataset,
+)
 from finetune_core.store import Workspace
 
 EXIT_BLOCKED = 2
@@ -64,7 +73,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from finetune_core.data import CsvSource, IngestError, SplitSpec, ingest
 
     workspace = Workspace(args.workspace)
     path = Path(args.source).expanduser()
@@ -129,7 +137,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from finetune_core.data import DatasetNotFound, load_dataset
 
     try:
         dataset = load_dataset(Workspace(args.workspace), args.dataset)
@@ -144,7 +151,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from finetune_core.data import IngestError, create_demo_dataset
 
     try:
         dataset = create_demo_dataset(

@@ -12,7 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from finetune_core.runs import RunError, RunFolder
+from finetune_core.data.images import IMAGE_EXTENSIONS
+from finetune_core.evaluation.evaluate import evaluate_run
+from finetune_core.evaluation.predict import predict_stream
+from finetune_core.export.exporter import FORMATS, export_run, export_summary
+from finetune_core.models.loaded import load_run_model
+from finetune_core.reporting.report import build_report
+from finetune_core.runs import RunError, RunFolder, run_workspace
 from finetune_core.store import StoreError, Workspace, default_workspace_root
 
 EXIT_ERROR = 1
@@ -21,7 +27,6 @@ EXIT_NOT_VERIFIED = 3
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the eval, predict and export commands."""
-    from finetune_core.export.exporter import FORMATS
 
     e = sub.add_parser(
         "eval",
@@ -64,8 +69,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------- helpers
 def resolve_run(args: argparse.Namespace) -> tuple[RunFolder, Workspace | None]:
     """The run named by RUN_DIR (a folder, else a workspace run id) and its workspace."""
-    from finetune_core.export.exporter import run_workspace
-
     path = Path(args.run)
     if path.is_dir():
         run = RunFolder(path)
@@ -96,8 +99,6 @@ def _fail(message: object) -> int:
 
 # ---------------------------------------------------------------------- eval
 def run_eval(args: argparse.Namespace) -> int:
-    from finetune_core.evaluation.evaluate import evaluate_run
-    from finetune_core.reporting.report import build_report
 
     try:
         run, workspace = resolve_run(args)
@@ -152,13 +153,12 @@ def _pct(value: Any) -> str:
 
 # ------------------------------------------------------------------- predict
 def run_predict(args: argparse.Namespace) -> int:
-    from finetune_core.evaluation.predict import predict_stream
 
     try:
         run, _ = resolve_run(args)
         if not run.has_checkpoint():
             return _fail(f"the run {run.id} has no saved model to predict with.")
-        loaded = run.load_model("best", device=args.device)
+        loaded = load_run_model(run, "best", device=args.device)
     except (RunError, StoreError) as exc:
         return _fail(exc)
     files, errors = collect_images(args.inputs)
@@ -192,7 +192,6 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def collect_images(inputs: list[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Files named, and image files inside folders (recursively, hidden folders skipped)."""
-    from finetune_core.data.images import IMAGE_EXTENSIONS
 
     files: list[Path] = []
     missing: list[tuple[Path, str]] = []
@@ -220,7 +219,6 @@ def collect_images(inputs: list[str]) -> tuple[list[Path], list[tuple[Path, str]
 
 # -------------------------------------------------------------------- export
 def run_export(args: argparse.Namespace) -> int:
-    from finetune_core.export.exporter import export_run, export_summary
 
     try:
         run, workspace = resolve_run(args)

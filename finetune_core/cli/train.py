@@ -12,6 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from finetune_core.config import ConfigError, RunConfig
+from finetune_core.data import DatasetNotFound, IngestError, ingest, load_dataset
+from finetune_core.fsutil import atomic_write_json
+from finetune_core.jobs.manager import write_run_info
+from finetune_core.models.classifier import WeightsError, list_architectures
+from finetune_core.store import Workspace
+from finetune_core.training import ddp as distributed
+from finetune_core.training.callbacks import ConsoleProgress, MetricsLogger
+from finetune_core.training.trainer import Trainer, TrainingError
 
 if TYPE_CHECKING:
     from finetune_core.training.ddp import DistContext
@@ -89,7 +97,6 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def _resolve_dataset(workspace, source: str):
     """A workspace dataset by id/name, or a path ingested on the fly."""
-    from finetune_core.data import DatasetNotFound, IngestError, ingest, load_dataset
 
     path = Path(source)
     if path.exists():
@@ -108,7 +115,6 @@ def _resolve_dataset(workspace, source: str):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from finetune_core.training import ddp as distributed
     try:
         config = config_from_args(args)
         config.validate()
@@ -139,12 +145,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, config: RunConfig, ctx: DistContext) -> int:
     """Train in this process: the whole run, or this rank's part under torchrun."""
-    from finetune_core.training import ddp as distributed
-    from finetune_core.training.callbacks import ConsoleProgress, MetricsLogger
-    from finetune_core.jobs.manager import write_run_info
-    from finetune_core.models.classifier import WeightsError
-    from finetune_core.store import Workspace
-    from finetune_core.training.trainer import Trainer, TrainingError
 
     workspace = Workspace(args.workspace)
     try:
@@ -196,7 +196,6 @@ def _train(args: argparse.Namespace, config: RunConfig, ctx: DistContext) -> int
     summary = json.loads((out / "metrics.json").read_text())
     summary["status"] = result.status
     summary["wall_seconds"] = round(time.monotonic() - started, 3)
-    from finetune_core.fsutil import atomic_write_json
 
     atomic_write_json(out / "metrics.json", summary)
     va = result.best_val_accuracy
@@ -210,7 +209,6 @@ def _train(args: argparse.Namespace, config: RunConfig, ctx: DistContext) -> int
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from finetune_core.models.classifier import list_architectures
 
     infos = list_architectures()
     if args.json:

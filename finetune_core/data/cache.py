@@ -20,6 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from finetune_core.data.images import open_rgb
+from finetune_core.fsutil import atomic_write
+
 DEFAULT_RAM_BUDGET_MB = int(os.environ.get("FINETUNE_CACHE_RAM_MB", "4096"))
 
 
@@ -160,8 +163,6 @@ def build_decoded(
                 progress(done, n)
 
     if cache_file is not None:
-        from finetune_core.fsutil import atomic_write
-
         atomic_write(cache_file, lambda h: h.write(out.tobytes()))
     return DecodedImages(torch.from_numpy(out), label_tensor, rel)
 
@@ -194,7 +195,6 @@ def decoded_split(
     progress: Callable[[int, int], None] | None = None,
 ) -> DecodedImages:
     """The decoded cache for one split of a workspace dataset."""
-    from finetune_core.data.images import open_rgb
 
     rows = dataset.rows(split)
     paths = [dataset.image_path(r) for r in rows]

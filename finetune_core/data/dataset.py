@@ -9,6 +9,7 @@ from finetune_core.data.errors import DatasetNotFound
 from finetune_core.data.health import HealthReport
 from finetune_core.data.manifest import MANIFEST_NAME, ManifestRow, read_manifest
 from finetune_core.fsutil import read_json
+from finetune_core.runs import RunError, RunFolder
 from finetune_core.store import DatasetRecord, StoreError, Workspace
 
 IMAGES_DIR = "images"
@@ -107,3 +108,20 @@ def load_dataset(workspace: Workspace, id_or_name: str) -> Dataset:
             f"{dataset.root}. Delete it and import the data again."
         )
     return dataset
+
+
+def run_dataset(run: RunFolder, workspace: Workspace | None = None) -> Dataset:
+    """The dataset a run trained on, from the workspace that holds it."""
+    if workspace is None:
+        root = run.workspace_root()
+        if root is None:
+            raise RunError(
+                "Cannot find the workspace that holds this run's dataset; pass --workspace."
+            )
+        workspace = Workspace(root)
+    try:
+        return load_dataset(workspace, run.config.dataset)
+    except DatasetNotFound as exc:
+        raise RunError(
+            f"The run's dataset ({run.config.dataset}) is no longer in the workspace: {exc}"
+        ) from exc

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from finetune_core.data.dataset import Dataset
+from finetune_core.data.dataset import Dataset, load_dataset
 from finetune_core.data.pipeline import _ingest
 from finetune_core.data.split import SplitSpec
 from finetune_core.store import Workspace
@@ -55,7 +55,6 @@ def create_demo_dataset(
     name: str = "demo",
 ) -> Dataset:
     """Generate and ingest the demo dataset. The same parameters return the existing one."""
-    from finetune_core.data.dataset import load_dataset
 
     params = {"classes": classes, "per_class": per_class, "size": size, "seed": 0}
     for record in workspace.list_datasets():

@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 
 from finetune_core.data.cache import decoded_split
-from finetune_core.fsutil import atomic_write_json, atomic_write_text
+from finetune_core.data.dataset import run_dataset
 from finetune_core.evaluation.metrics import compute_metrics
+from finetune_core.fsutil import atomic_write_json, atomic_write_text
+from finetune_core.models.loaded import load_run_model
 from finetune_core.runs import RunError, RunFolder
 from finetune_core.store import utc_now
 
@@ -39,8 +41,8 @@ def evaluate_run(
             "This run has no saved model to evaluate: it ended before its first epoch "
             "finished. Re-run it, or resume it if it was stopped."
         )
-    loaded = run.load_model("best")
-    dataset = run.dataset(workspace)
+    loaded = load_run_model(run, "best")
+    dataset = run_dataset(run, workspace)
     if list(dataset.class_names) != loaded.class_names:
         raise RunError(
             "The dataset's classes changed since this run trained; evaluate a new run instead."

@@ -19,7 +19,8 @@ from finetune_core.data.augment import normalize
 from finetune_core.data.cache import to_uint8_chw
 from finetune_core.data.images import IMAGE_EXTENSIONS, ImageReadError, open_rgb
 from finetune_core.data.layout import ignore_reason
-from finetune_core.runs import LoadedModel
+from finetune_core.evaluation.gradcam import explain, overlay
+from finetune_core.models.loaded import LoadedModel
 
 BATCH = 32
 
@@ -156,7 +157,6 @@ def explain_image(
     model: LoadedModel, image: Image.Image, class_index: int | None = None
 ) -> Explanation:
     """Grad-CAM (or saliency, where the model has no conv feature map) for one image."""
-    from finetune_core.evaluation.gradcam import explain, overlay
 
     arr = to_uint8_chw(image, model.image_size)
     view = Image.fromarray(arr.transpose(1, 2, 0))

@@ -33,9 +33,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from finetune_core.data.augment import normalize
+from finetune_core.data.cache import to_uint8_chw
+from finetune_core.data.dataset import run_dataset
+from finetune_core.data.images import ImageReadError, open_rgb
 from finetune_core.fsutil import atomic_write, atomic_write_json, read_json
-from finetune_core.runs import LoadedModel, RunError, RunFolder
-from finetune_core.store import RunRecord, RunStatus, StoreError, Workspace, utc_now
+from finetune_core.models.backbone import family_of
+from finetune_core.models.loaded import LoadedModel, load_run_model
+from finetune_core.runs import RunError, RunFolder, run_record, run_status, run_workspace
+from finetune_core.store import RunStatus, Workspace, utc_now
 
 FORMATS = ("checkpoint", "pt2", "torchscript", "onnx")
 FORMAT_TITLES = {
@@ -86,48 +92,7 @@ class ExportResult:
         return out
 
 
-# ------------------------------------------------------------ locating a run
-def run_workspace(
-    run: RunFolder, workspace: Workspace | str | Path | None = None
-) -> Workspace | None:
-    """The workspace that holds the run's dataset, without creating one anywhere.
-
-    ``workspace`` wins; else run.json's ``workspace`` (CLI runs); else the workspace
-    whose ``runs/`` folder contains the run.
-    """
-    if isinstance(workspace, Workspace):
-        return workspace
-    if workspace:
-        return Workspace(workspace)
-    recorded = run.info.get("workspace")
-    if recorded and (Path(recorded) / "workspace.db").is_file():
-        return Workspace(recorded)
-    folder = run.path.resolve()
-    if folder.parent.name == "runs" and (folder.parent.parent / "workspace.db").is_file():
-        return Workspace(folder.parent.parent)
-    return None
-
-
-def run_record(run: RunFolder, workspace: Workspace | None) -> RunRecord | None:
-    """The run's row in the workspace table, when the folder is that workspace's run."""
-    if workspace is None:
-        return None
-    try:
-        if workspace.run_dir(run.id).resolve() != run.path.resolve():
-            return None
-        return workspace.get_run(run.id)
-    except StoreError:
-        return None
-
-
-def run_status(run: RunFolder, workspace: Workspace | None) -> str:
-    """SUCCEEDED, FAILED, ... from the runs table, else metrics.json (CLI runs), else ''."""
-    record = run_record(run, workspace)
-    if record is not None:
-        return record.status
-    return str(run.summary().get("status") or "")
-
-
+# ------------------------------------------------------------ checks
 def check_exportable(run: RunFolder, workspace: Workspace | None) -> None:
     """Raise RunError unless the run has a model worth exporting."""
     if run_status(run, workspace) == RunStatus.FAILED:
@@ -177,7 +142,7 @@ def export_run(
     check_exportable(run, ws)
     if fmt == "onnx":
         _require_onnx()
-    loaded = run.load_model("best", device="cpu")
+    loaded = load_run_model(run, "best", device="cpu")
     model = loaded.model.float().eval()
     samples = sample_inputs(run, loaded, ws)
     root = Path(out_dir) if out_dir else run.path / EXPORT_DIR
@@ -289,7 +254,6 @@ def torchvision_state_dict(arch: str, state: dict[str, torch.Tensor]) -> dict[st
     (and a Dropout before it replaced by Identity, which holds no weights), so renaming
     ``backbone.*`` -> ``*`` and ``head.1.*`` -> ``<family head>.*`` restores the layout.
     """
-    from finetune_core.models.backbone import family_of
 
     head = family_of(arch).head
     out: dict[str, torch.Tensor] = {}
@@ -411,7 +375,6 @@ def preprocessing_spec(loaded: LoadedModel) -> dict[str, Any]:
 
 
 def _fixed_size(arch: str) -> bool:
-    from finetune_core.models.backbone import family_of
 
     return family_of(arch).fixed_size
 
@@ -445,15 +408,12 @@ def sample_inputs(run: RunFolder, loaded: LoadedModel, workspace: Workspace | No
 
     When the run's dataset is gone, fixed random images stand in (the message says so).
     """
-    from finetune_core.data.augment import normalize
-    from finetune_core.data.cache import to_uint8_chw
-    from finetune_core.data.images import ImageReadError, open_rgb
 
     rows_by_split: list[tuple[str, list[Path]]] = []
     dataset = None
     if workspace is not None:
         try:
-            dataset = run.dataset(workspace)
+            dataset = run_dataset(run, workspace)
         except RunError:
             dataset = None
     if dataset is not None:
@@ -969,8 +929,5 @@ __all__ = [
     "export_run",
     "export_summary",
     "read_export_checks",
-    "run_record",
-    "run_status",
-    "run_workspace",
     "verify_export",
 ]

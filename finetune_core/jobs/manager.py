@@ -17,10 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune_core.training.callbacks import Callback, LiveState, MetricsLogger, Progress, ProgressReporter
+from finetune_core import runs
 from finetune_core.config import ConfigError, RunConfig
-from finetune_core.fsutil import read_json
+from finetune_core.data import DatasetNotFound, load_dataset
+from finetune_core.device import device_info
+from finetune_core.fsutil import atomic_write_json, read_json
+from finetune_core.runs import RunPaths
 from finetune_core.store import RunRecord, RunStatus, StoreError, Workspace, new_id, utc_now
+from finetune_core.training import ddp as distributed
+from finetune_core.training.callbacks import (
+    Callback,
+    LiveState,
+    MetricsLogger,
+    Progress,
+    ProgressReporter,
+)
+from finetune_core.training.ddp import MULTI_NODE_FROM_CLI
+from finetune_core.training.trainer import Trainer
 
 PostRunHook = Callable[[Workspace, str], None]
 
@@ -89,15 +102,12 @@ class JobManager:
     # ------------------------------------------------------------------ requests
     def submit(self, config: RunConfig, *, creator: str = "") -> str:
         """Validate ``config``, record a QUEUED run and queue it; returns the run id."""
-        from finetune_core.data import DatasetNotFound, load_dataset
 
         try:
             config.validate()
         except ConfigError as exc:
             raise JobError(str(exc)) from exc
         if config.nodes != 1:
-            from finetune_core.training.ddp import MULTI_NODE_FROM_CLI
-
             raise JobError(MULTI_NODE_FROM_CLI)
         try:
             dataset = load_dataset(self.workspace, config.dataset)
@@ -256,8 +266,6 @@ class JobManager:
                     self._jobs.pop(run_id, None)
 
     def _execute(self, job: _Job) -> None:
-        from finetune_core.training import ddp as distributed
-        from finetune_core.data import load_dataset
 
         ws, run_id = self.workspace, job.run_id
         if not ws.transition_run(
@@ -313,7 +321,6 @@ class JobManager:
 
     def _execute_in_thread(self, job: _Job, config: RunConfig, dataset: Any, run_dir: Path) -> Any:
         """The single-process path: the Trainer runs in this worker thread."""
-        from finetune_core.training.trainer import Trainer
 
         ws, run_id = self.workspace, job.run_id
         callbacks: list[Callback] = [
@@ -340,7 +347,7 @@ class JobManager:
 
         In-process callbacks (``extra_callbacks``) cannot follow a run in other processes.
         """
-        from finetune_core.training import ddp as distributed
+
         def store_epochs(progress: Progress) -> None:
             with contextlib.suppress(StoreError):
                 self.workspace.update_run(
@@ -398,9 +405,6 @@ def write_run_info(
 
     import torch
     import torchvision
-
-    from finetune_core.device import device_info
-    from finetune_core.fsutil import atomic_write_json
 
     info = device_info()
     atomic_write_json(
@@ -486,21 +490,5 @@ def progress_from_files(workspace: Workspace, run: RunRecord) -> Progress:
 
 
 def read_history(workspace: Workspace, run_id: str) -> list[dict[str, Any]]:
-    return read_history_file(workspace.run_dir(run_id) / "metrics.jsonl")
-
-
-def read_history_file(path: Path) -> list[dict[str, Any]]:
-    """Epoch rows from metrics.jsonl; a torn last line (crash mid-write) is ignored."""
-    import json
-
-    rows: list[dict[str, Any]] = []
-    try:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break
-    except FileNotFoundError:
-        pass
-    return rows
+    """A workspace run's epoch rows."""
+    return runs.read_history(RunPaths(workspace.run_dir(run_id)))

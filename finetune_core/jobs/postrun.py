@@ -6,13 +6,14 @@ records a failure on the run without losing the trained model.
 
 from __future__ import annotations
 
+from finetune_core.evaluation.evaluate import evaluate_run
+from finetune_core.reporting.report import build_report
+from finetune_core.runs import RunFolder
 from finetune_core.store import Workspace
 
 
 def evaluation(workspace: Workspace, run_id: str) -> None:
     """Write eval.json and predictions.csv for a run that saved a model."""
-    from finetune_core.evaluation.evaluate import evaluate_run
-    from finetune_core.runs import RunFolder
 
     run = RunFolder(workspace.run_dir(run_id))
     if run.has_checkpoint():
@@ -21,8 +22,6 @@ def evaluation(workspace: Workspace, run_id: str) -> None:
 
 def report(workspace: Workspace, run_id: str) -> None:
     """Write report.html for a run that was evaluated."""
-    from finetune_core.reporting.report import build_report
-    from finetune_core.runs import RunFolder
 
     run = RunFolder(workspace.run_dir(run_id))
     if run.evaluation() is not None:

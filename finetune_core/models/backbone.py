@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torchvision.models import get_model_builder
 
+from finetune_core.models.safe_pt2 import load_program
+
 # The architectures offered in the dashboard, small to large within each family.
 ZOO: tuple[str, ...] = (
     "resnet18",
@@ -193,7 +195,6 @@ class ExportedBackbone(nn.Module):
     def __setstate__(self, state: dict[str, Any]) -> None:
         net_state = state.pop("_net_state")
         self.__dict__.update(state)
-        from finetune_core.models.safe_pt2 import load_program
 
         net = load_program(self.path).module()
         net.load_state_dict(net_state)

@@ -27,7 +27,13 @@ import torch
 from torch import nn
 from torchvision.models import get_model_weights
 
-from finetune_core.models.backbone import ZOO, ExportedBackbone, build_torchvision, family_of, strip_head
+from finetune_core.models.backbone import (
+    ZOO,
+    ExportedBackbone,
+    build_torchvision,
+    family_of,
+    strip_head,
+)
 from finetune_core.models.safe_pt2 import UnsafeProgramError, load_program
 
 Progress = Callable[[int, int], None]

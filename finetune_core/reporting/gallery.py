@@ -15,6 +15,8 @@ from typing import Any
 
 from PIL import Image
 
+from finetune_core.data.augment import preview
+from finetune_core.data.cache import to_uint8_chw
 from finetune_core.data.dataset import Dataset
 from finetune_core.data.health import Finding
 from finetune_core.data.images import ImageReadError, open_rgb
@@ -122,9 +124,6 @@ def augmentation_preview(
     """For each image: the training-size original, then ``views`` augmented versions."""
     import numpy as np
     import torch
-
-    from finetune_core.data.augment import preview
-    from finetune_core.data.cache import to_uint8_chw
 
     originals = []
     for path in paths:

@@ -21,8 +21,13 @@ from typing import TYPE_CHECKING, Any
 import plotly.graph_objects as go
 from PIL import Image
 
-from finetune_core.reporting import charts
+from finetune_core.data.dataset import run_dataset
+from finetune_core.data.images import ImageReadError, open_rgb
+from finetune_core.evaluation.evaluate import read_predictions
+from finetune_core.export.exporter import read_export_checks
 from finetune_core.fsutil import atomic_write_text
+from finetune_core.reporting import charts
+from finetune_core.runs import RunError, run_record, run_workspace
 
 if TYPE_CHECKING:  # rendering stays free of torch; only build_report reads run folders
     from finetune_core.runs import RunFolder
@@ -145,8 +150,6 @@ def collect_report_data(
     run: RunFolder, workspace: Workspace | str | Path | None = None
 ) -> ReportData:
     """The ReportData of a run folder (see ``build_report``)."""
-    from finetune_core.evaluation.evaluate import read_predictions
-    from finetune_core.export.exporter import read_export_checks, run_record, run_workspace
 
     ws = run_workspace(run, workspace)
     record = run_record(run, ws)
@@ -211,8 +214,6 @@ def misclassified_gallery(
     Paths are looked up in the dataset's manifest (relative paths only), so a stale or
     edited predictions.csv can never make the report read files outside the dataset.
     """
-    from finetune_core.data.images import ImageReadError, open_rgb
-    from finetune_core.evaluation.evaluate import read_predictions
 
     if dataset is None:
         return []
@@ -251,12 +252,11 @@ def misclassified_gallery(
 
 
 def _dataset_of(run: RunFolder, workspace: Workspace | None) -> Any:
-    from finetune_core.runs import RunError
 
     if workspace is None:
         return None
     try:
-        return run.dataset(workspace)
+        return run_dataset(run, workspace)
     except RunError:
         return None
 

@@ -35,8 +35,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from finetune_core.training.callbacks import Callback, LiveState, Progress, ProgressReporter
+from finetune_core import runs
+from finetune_core.config import ConfigError
+from finetune_core.device import resolve_device
 from finetune_core.fsutil import atomic_write_json, read_json
+from finetune_core.runs import RunPaths
+from finetune_core.training.callbacks import Callback, LiveState, Progress, ProgressReporter
+from finetune_core.training.trainer import TrainResult
 
 if TYPE_CHECKING:
     from finetune_core.config import RunConfig
@@ -138,8 +143,6 @@ def setup(config: RunConfig) -> DistContext:
     ctx = env_context()
     if not ctx.enabled:
         return SINGLE
-    from finetune_core.config import ConfigError
-    from finetune_core.device import resolve_device
 
     if config.strategy == "probe":
         raise ConfigError(
@@ -748,7 +751,6 @@ def supervise(
 
 def run_result(run: Launch, *, stopped: bool) -> TrainResult:
     """The outcome of a finished launch, from rank 0's metrics.json and the ranks' errors."""
-    from finetune_core.training.trainer import TrainResult
 
     code = run.poll()
     summary = read_json(run.run_dir / "metrics.json", None)
@@ -773,9 +775,8 @@ def run_result(run: Launch, *, stopped: bool) -> TrainResult:
             message = f"torchrun exited with code {code}" + (f": {last}" if last else "")
             details = tail
         raise DistributedRunError(message, details)
-    from finetune_core.jobs.manager import read_history_file
 
-    history = read_history_file(run.run_dir / "metrics.jsonl")
+    history = runs.read_history(RunPaths(run.run_dir))
     return TrainResult(
         status=status,
         epochs_run=int(summary.get("epochs_run", len(history))),

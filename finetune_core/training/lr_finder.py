@@ -21,6 +21,7 @@ from finetune_core import device as devices
 from finetune_core.config import RunConfig
 from finetune_core.data.augment import augment_normalized
 from finetune_core.training.schedules import build_optimizer
+from finetune_core.training.trainer import Trainer
 
 
 @dataclass
@@ -58,7 +59,6 @@ def find_lr(
     stop_event: threading.Event | None = None,
 ) -> LRFinderResult:
     """Sweep the learning rate from ``start_lr`` to ``end_lr``; leaves no files but caches."""
-    from finetune_core.training.trainer import Trainer
 
     probe = Trainer(config, dataset, Path(cache_dir) / "lr_finder", cache_dir)
     probe.run_dir.mkdir(parents=True, exist_ok=True)

@@ -25,13 +25,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from finetune_core import device as devices
-from finetune_core.training import ddp as distributed
-from finetune_core.training.callbacks import Callback, EarlyStopping, MetricsLogger
-from finetune_core.models.checkpoint import load_checkpoint, save_checkpoint
 from finetune_core.config import RunConfig
 from finetune_core.data.augment import augment_normalized, normalize
 from finetune_core.data.cache import decoded_split
 from finetune_core.fsutil import atomic_write_json
+from finetune_core.models.checkpoint import load_checkpoint, save_checkpoint
+from finetune_core.models.classifier import build_classifier
+from finetune_core.training import ddp as distributed
+from finetune_core.training.callbacks import Callback, EarlyStopping, MetricsLogger
+from finetune_core.training.features import extract_features
 from finetune_core.training.schedules import LRSchedule, build_optimizer, discriminative_lrs
 
 MIN_BATCH_SIZE = 2
@@ -132,7 +134,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
-        from finetune_core.models.classifier import build_classifier
 
         cfg = self.cfg
         seed_everything(cfg.seed)
@@ -561,7 +562,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ probe strategy
     def _fit_probe(self, start_epoch: int, ckpt: dict[str, Any] | None) -> None:
-        from finetune_core.training.features import extract_features
 
         cfg = self.cfg
         train_feats, train_labels = extract_features(

@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from e2e_helpers import (
+
+from tests.helpers.e2e import (
     ARTIFACTS,
     CHROMIUM,
     CHROMIUM_ARGS,

@@ -7,10 +7,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from e2e_helpers import alerts, click_button, file_input, main, open_app, wait_idle, wait_text
 
 from finetune_core.data import make_demo_folder
 from finetune_core.store import Workspace
+from tests.helpers.e2e import alerts, click_button, file_input, main, open_app, wait_idle, wait_text
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

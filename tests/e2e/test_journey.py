@@ -9,7 +9,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from e2e_helpers import (
+
+from finetune_core.data import make_demo_folder
+from tests.helpers.e2e import (
     CURVES_JS,
     alerts,
     choose_segment,
@@ -28,8 +30,6 @@ from e2e_helpers import (
     wait_text,
     watch_training,
 )
-
-from finetune_core.data import make_demo_folder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from e2e_helpers import AppServer, alerts, main, open_app, wait_idle, wait_text
+
+from tests.helpers.e2e import AppServer, alerts, main, open_app, wait_idle, wait_text
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -7,7 +7,10 @@ import re
 import time
 
 import pytest
-from e2e_helpers import (
+
+from finetune_core.data import ingest, make_demo_folder
+from finetune_core.store import RunStatus, Workspace
+from tests.helpers.e2e import (
     AppServer,
     click_button,
     live_reading,
@@ -20,9 +23,6 @@ from e2e_helpers import (
     wait_idle,
     wait_text,
 )
-
-from finetune_core.data import ingest, make_demo_folder
-from finetune_core.store import RunStatus, Workspace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
