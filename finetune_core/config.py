@@ -7,6 +7,7 @@ The setup page builds one, the CLI reads one, and every run stores one as
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -71,12 +72,24 @@ class RunConfig:
     # ----------------------------------------------------------------- checks
     def problems(self) -> list[str]:
         """Every problem with this config, as sentences a user can act on."""
-        out: list[str] = []
+        return [message for _, message in self._checks()]
+
+    def problems_by_field(self) -> dict[str, list[str]]:
+        """The same problems keyed by the field to change, so a form can show each one
+        next to its widget."""
+        found: dict[str, list[str]] = {}
+        for name, message in self._checks():
+            found.setdefault(name, []).append(message)
+        return found
+
+    def _checks(self) -> list[tuple[str, str]]:
+        """(field to change, problem) pairs in a stable order."""
+        out: list[tuple[str, str]] = []
 
         def choice(name: str, options: tuple[str, ...]) -> None:
             value = getattr(self, name)
             if value not in options:
-                out.append(f"{name} must be one of {', '.join(options)} (got {value!r}).")
+                out.append((name, f"{name} must be one of {', '.join(options)} (got {value!r})."))
 
         choice("strategy", STRATEGIES)
         choice("optimizer", OPTIMIZERS)
@@ -86,84 +99,101 @@ class RunConfig:
         choice("class_balance", CLASS_BALANCE)
         choice("es_metric", ES_METRICS)
         if not self.dataset:
-            out.append("Choose a dataset.")
+            out.append(("dataset", "Choose a dataset."))
         if not self.model:
-            out.append("Choose a model.")
+            out.append(("model", "Choose a model."))
         if not 1 <= self.epochs <= 10_000:
-            out.append("epochs must be between 1 and 10000.")
+            out.append(("epochs", "epochs must be between 1 and 10000."))
         if self.strategy == "finetune" and not 0 <= self.freeze_epochs <= self.epochs:
-            out.append("freeze_epochs must be between 0 and epochs.")
+            out.append(("freeze_epochs", "freeze_epochs must be between 0 and epochs."))
         if self.strategy == "last_n" and self.last_n_groups < 1:
-            out.append("last_n_groups must be at least 1.")
+            out.append(("last_n_groups", "last_n_groups must be at least 1."))
         if isinstance(self.batch_size, str):
             if self.batch_size != "auto":
-                out.append('batch_size must be a positive integer or "auto".')
+                out.append(("batch_size", 'batch_size must be a positive integer or "auto".'))
         elif not 1 <= self.batch_size <= 65_536:
-            out.append("batch_size must be between 1 and 65536.")
+            out.append(("batch_size", "batch_size must be between 1 and 65536."))
         if not 16 <= self.image_size <= 1024:
-            out.append("image_size must be between 16 and 1024 pixels.")
+            out.append(("image_size", "image_size must be between 16 and 1024 pixels."))
         if not 0 < self.lr <= 1000:
-            out.append("lr must be positive and at most 1000.")
+            out.append(("lr", "lr must be positive and at most 1000."))
         if self.lr_mult < 1:
-            out.append("lr_mult must be at least 1.")
+            out.append(("lr_mult", "lr_mult must be at least 1."))
         if self.weight_decay < 0:
-            out.append("weight_decay cannot be negative.")
+            out.append(("weight_decay", "weight_decay cannot be negative."))
         if not 0 <= self.warmup_pct < 1:
-            out.append("warmup_pct must be in [0, 1).")
+            out.append(("warmup_pct", "warmup_pct must be in [0, 1)."))
         if not 0 <= self.label_smoothing < 1:
-            out.append("label_smoothing must be in [0, 1).")
+            out.append(("label_smoothing", "label_smoothing must be in [0, 1)."))
         if not 0 <= self.dropout < 1:
-            out.append("dropout must be in [0, 1).")
+            out.append(("dropout", "dropout must be in [0, 1)."))
         if not 1 <= self.probe_views <= 32:
-            out.append("probe_views must be between 1 and 32.")
+            out.append(("probe_views", "probe_views must be between 1 and 32."))
         if self.grad_clip < 0:
-            out.append("grad_clip cannot be negative (0 turns it off).")
+            out.append(("grad_clip", "grad_clip cannot be negative (0 turns it off)."))
         if self.es_patience < 1:
-            out.append("es_patience must be at least 1.")
+            out.append(("es_patience", "es_patience must be at least 1."))
         if self.num_threads < 0:
-            out.append("num_threads cannot be negative (0 uses all cores).")
+            out.append(("num_threads", "num_threads cannot be negative (0 uses all cores)."))
         if self.weights.endswith(".pt2") and self.strategy != "probe":
             out.append(
-                "A custom .pt2 backbone is used frozen: choose the probe strategy "
-                "(its exported graph cannot be fine-tuned)."
+                (
+                    "strategy",
+                    "A custom .pt2 backbone is used frozen: choose the probe strategy "
+                    "(its exported graph cannot be fine-tuned).",
+                )
             )
         if self.model == "custom" and not self.weights.endswith(".pt2"):
-            out.append("The custom model needs a .pt2 backbone file as its weights.")
+            out.append(("weights", "The custom model needs a .pt2 backbone file as its weights."))
         dev = self.device
         if not (
             dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())
         ):
-            out.append(f"device must be auto, cpu, cuda, cuda:N or mps (got {dev!r}).")
-        out.extend(self._scale_out_problems())
+            out.append(("device", f"device must be auto, cpu, cuda, cuda:N or mps (got {dev!r})."))
+        out.extend(self._scale_out_checks())
         return out
 
-    def _scale_out_problems(self) -> list[str]:
-        out: list[str] = []
+    def _scale_out_checks(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
         if isinstance(self.devices, str):
             if self.devices != "all":
-                out.append(f'devices must be a positive integer or "all" (got {self.devices!r}).')
+                out.append(
+                    (
+                        "devices",
+                        f'devices must be a positive integer or "all" (got {self.devices!r}).',
+                    )
+                )
         elif not 1 <= self.devices <= 1024:
-            out.append("devices must be between 1 and 1024 (processes per machine).")
+            out.append(("devices", "devices must be between 1 and 1024 (processes per machine)."))
         if not 1 <= self.nodes <= 1024:
-            out.append("nodes must be between 1 and 1024 (machines).")
+            out.append(("nodes", "nodes must be between 1 and 1024 (machines)."))
         if self.devices == 1 and self.nodes == 1:
             return out
         if self.strategy == "probe":
             out.append(
-                "The probe strategy trains on one device (it is quick already): choose "
-                "devices=1 and nodes=1, or another strategy."
+                (
+                    "strategy",
+                    "The probe strategy trains on one device (it is quick already): choose "
+                    "devices=1 and nodes=1, or another strategy.",
+                )
             )
         if self.device == "mps" or self.device.startswith("cuda:"):
             out.append(
-                "With several devices each process takes the GPU of its local rank: choose "
-                "device auto or cuda (or cpu for CPU worker processes)."
+                (
+                    "device",
+                    "With several devices each process takes the GPU of its local rank: choose "
+                    "device auto or cuda (or cpu for CPU worker processes).",
+                )
             )
         if isinstance(self.batch_size, int) and isinstance(self.devices, int):
             ranks = self.devices * self.nodes
             if self.batch_size < 2 * ranks:
                 out.append(
-                    f"batch_size is split across {ranks} processes and each needs at least 2 "
-                    f"images: choose batch_size of at least {2 * ranks}."
+                    (
+                        "batch_size",
+                        f"batch_size is split across {ranks} processes and each needs at least "
+                        f"2 images: choose batch_size of at least {2 * ranks}.",
+                    )
                 )
         return out
 
@@ -200,6 +230,23 @@ class RunConfig:
         return cls(**values)
 
     @classmethod
+    def from_form(cls, values: Mapping[str, Any]) -> RunConfig:
+        """A config from a settings form's widget values, which are loosely typed: a number
+        widget may hand back 3.0 for an int field, a text box keeps stray spaces. Whole
+        floats become ints and text is stripped; anything else goes through ``from_dict``
+        (unknown keys and values of the wrong type are refused with a ConfigError)."""
+        defaults = cls()
+        cleaned: dict[str, Any] = {}
+        for key, raw in values.items():
+            expected = type(getattr(defaults, key, None))
+            if isinstance(raw, str):
+                raw = raw.strip()
+            elif expected is int and isinstance(raw, float) and raw.is_integer():
+                raw = int(raw)
+            cleaned[key] = raw
+        return cls.from_dict(cleaned)
+
+    @classmethod
     def from_json(cls, text: str) -> RunConfig:
         try:
             data = json.loads(text)
@@ -214,7 +261,6 @@ class RunConfig:
         return cls.from_json(Path(path).read_text(encoding="utf-8"))
 
     def save(self, path: str | Path) -> None:
-
         atomic_write_text(Path(path), self.to_json())
 
     def replace(self, **changes: Any) -> RunConfig:

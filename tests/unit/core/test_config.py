@@ -47,3 +47,57 @@ def test_bad_json_is_explained() -> None:
         RunConfig.from_json("{nope")
     with pytest.raises(ConfigError, match="JSON object"):
         RunConfig.from_json("[1, 2]")
+
+
+def test_problems_by_field_name_the_field_to_change() -> None:
+    cfg = RunConfig(
+        dataset="", strategy="finetune", epochs=2, freeze_epochs=5, lr=0.0, device="gpu"
+    )
+    by_field = cfg.problems_by_field()
+    assert by_field["freeze_epochs"] == ["freeze_epochs must be between 0 and epochs."]
+    assert by_field["lr"] == ["lr must be positive and at most 1000."]
+    assert by_field["dataset"] == ["Choose a dataset."]
+    assert "device" in by_field and set(by_field) == {"dataset", "freeze_epochs", "lr", "device"}
+    flat = [message for messages in by_field.values() for message in messages]
+    assert sorted(flat) == sorted(cfg.problems())
+    assert RunConfig(dataset="d").problems_by_field() == {}
+
+
+def test_problems_by_field_covers_combinations() -> None:
+    custom = RunConfig(dataset="d", model="custom", weights="bb.pt2", strategy="finetune")
+    assert list(custom.problems_by_field()) == ["strategy"]
+    no_backbone = RunConfig(dataset="d", model="custom", weights="", strategy="probe")
+    assert list(no_backbone.problems_by_field()) == ["weights"]
+    split = RunConfig(dataset="d", strategy="full", devices=4, batch_size=4)
+    assert "at least 8" in split.problems_by_field()["batch_size"][0]
+
+
+def test_from_form_casts_widget_values() -> None:
+    cfg = RunConfig.from_form(
+        {
+            "dataset": "d-1",
+            "name": "  my run ",
+            "epochs": 3.0,
+            "image_size": 64,
+            "lr": 1,
+            "batch_size": "auto",
+            "devices": 2,
+            "channels_last": False,
+            "weights": "none",
+        }
+    )
+    assert (cfg.name, cfg.epochs, cfg.image_size, cfg.batch_size, cfg.devices) == (
+        "my run", 3, 64, "auto", 2,
+    )  # fmt: skip
+    assert isinstance(cfg.epochs, int) and isinstance(cfg.lr, float) and cfg.lr == 1.0
+    assert cfg.channels_last is False and cfg.weights == "none"
+    assert RunConfig.from_form(RunConfig(dataset="d").to_dict()) == RunConfig(dataset="d")
+
+
+def test_from_form_refuses_unknown_keys_and_wrong_types() -> None:
+    with pytest.raises(ConfigError, match="Unknown config keys: batch_auto"):
+        RunConfig.from_form({"epochs": 2, "batch_auto": True})
+    with pytest.raises(ConfigError, match="epochs must be of type int"):
+        RunConfig.from_form({"epochs": 2.5})
+    with pytest.raises(ConfigError, match="name must be of type str"):
+        RunConfig.from_form({"name": 7})
