@@ -1,0 +1,283 @@
+"""The Setup page's form: widget state and defaults, presets, loading a config, building
+one, and the advanced-settings widgets bound to that state.
+
+The form's values live in one plain dict in the session (``setup_values``): Streamlit
+forgets the state of widgets that are not drawn (a strategy's own fields, or the whole
+form while another page is open), so each widget is seeded from the dict and writes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import streamlit as st
+
+from finetune_core.config import (
+    AUGMENTATIONS,
+    CLASS_BALANCE,
+    ES_METRICS,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    STRATEGIES,
+    RunConfig,
+)
+from finetune_core.data.uploads import save_weights_upload
+from finetune_core.presets import PRESETS_BY_KEY, preset_of
+from finetune_core.training import ddp as distributed
+from ui.components import esc
+from ui.services import public, uploads_dir
+
+DEFAULTS = RunConfig()
+# Form-only values: "Largest that fits" stands for batch_size="auto"; the weights radio
+# picks where ``weights`` comes from.
+EXTRA: dict[str, Any] = {"batch_auto": False, "weights_source": "imagenet"}
+# Fields that have widgets; dataset and weights come from the dataset picker and uploads.
+FIELDS = [f for f in DEFAULTS.to_dict() if f not in ("dataset", "weights")]
+STRATEGY_NAMES = {
+    "probe": "Linear probe (frozen backbone, cached features)",
+    "finetune": "Fine-tune (head first, then everything)",
+    "full": "Full training (every layer from the start)",
+    "last_n": "Last N layer groups",
+}
+MISSING_WEIGHTS = {
+    "upload": "Upload the weights file first.",
+    "custom": "Upload the .pt2 backbone first.",
+}
+
+
+def key(name: str) -> str:
+    """The widget key of a form value."""
+    return f"cfg_{name}"
+
+
+def store() -> dict[str, Any]:
+    """The form's values, seeded with the recommended preset on a session's first visit."""
+    if "setup_values" not in st.session_state:
+        values = {**DEFAULTS.to_dict(), **EXTRA}
+        values.update(PRESETS_BY_KEY["recommended"].changes)
+        st.session_state["setup_values"] = values
+        st.session_state["setup_preset_value"] = "recommended"
+    return st.session_state["setup_values"]
+
+
+def val(name: str) -> Any:
+    """The current value of a form field."""
+    values = store()
+    if name not in values:  # a field added to RunConfig since this session started
+        values[name] = {**DEFAULTS.to_dict(), **EXTRA}[name]
+    return values[name]
+
+
+def put(name: str, value: Any) -> None:
+    """Change a value (only from callbacks, or before its widget is drawn)."""
+    store()[name] = value
+    st.session_state[key(name)] = value
+
+
+def _sync(name: str) -> None:
+    store()[name] = st.session_state[key(name)]
+
+
+def bind(name: str) -> dict[str, Any]:
+    """Widget arguments that tie the widget to ``store()[name]``."""
+    if key(name) not in st.session_state:
+        st.session_state[key(name)] = val(name)
+    return {"key": key(name), "on_change": _sync, "args": (name,)}
+
+
+def apply_preset_values(preset_key: str) -> None:
+    for name, value in PRESETS_BY_KEY[preset_key].changes.items():
+        put(name, value)
+    st.session_state["setup_preset_value"] = preset_key
+    st.session_state["setup_preset"] = preset_key
+
+
+def on_preset_change() -> None:
+    chosen = st.session_state.get("setup_preset")
+    st.session_state["setup_preset_value"] = chosen
+    if chosen in PRESETS_BY_KEY:
+        apply_preset_values(chosen)
+
+
+def apply_config(config: RunConfig) -> None:
+    """Load every field from a config (runs before any widget is drawn)."""
+    for name in FIELDS:
+        put(name, getattr(config, name))
+    auto = isinstance(config.batch_size, str)
+    put("batch_auto", auto)
+    put("batch_size", DEFAULTS.batch_size if auto else config.batch_size)
+    if config.weights in ("imagenet", "none"):
+        put("weights_source", config.weights)
+    st.session_state["setup_preset_value"] = preset_of(config)
+    st.session_state["setup_preset"] = preset_of(config)
+
+
+def set_lr(value: float) -> None:
+    put("lr", float(value))  # the finder's suggestion may be a numpy float
+
+
+def queue_config(config: RunConfig) -> None:
+    """Load ``config`` into the form on the next rerun, before any widget is drawn."""
+    st.session_state["setup_pending_config"] = config.to_dict()
+
+
+def start() -> None:
+    """Prepare the form state: a config queued by an upload, or a preset from the URL."""
+    store()
+    if pending := st.session_state.pop("setup_pending_config", None):
+        apply_config(RunConfig.from_dict(pending))
+    wanted = st.query_params.get("preset")
+    if wanted in PRESETS_BY_KEY and st.session_state.get("preset_from_url") != wanted:
+        apply_preset_values(wanted)
+        st.session_state["preset_from_url"] = wanted
+    if "setup_preset" not in st.session_state:
+        st.session_state["setup_preset"] = st.session_state.get("setup_preset_value")
+
+
+def form_values(dataset_id: str, weights: str | None) -> dict[str, Any]:
+    """The form's values as RunConfig fields (``batch_auto`` becomes ``batch_size="auto"``)."""
+    values: dict[str, Any] = {name: val(name) for name in FIELDS}
+    if val("batch_auto"):
+        values["batch_size"] = "auto"
+    return {**values, "dataset": dataset_id, "weights": weights or ""}
+
+
+def build_config(dataset_id: str, weights: str | None) -> RunConfig:
+    """The run the form describes (raises ConfigError for a value of the wrong type)."""
+    return RunConfig.from_form(form_values(dataset_id, weights))
+
+
+@dataclass
+class FormProblems:
+    """The config's problems keyed by field; each shows under its widget once."""
+
+    by_field: dict[str, list[str]]
+    shown: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return any(self.by_field.values())
+
+    def show(self, *names: str) -> None:
+        """Show the problems of these fields here (below their widgets)."""
+        for name in names:
+            for message in self.by_field.get(name, []):
+                st.error(message, icon=":material/error:")
+            self.shown.add(name)
+
+    def widget(self, draw: Callable[..., Any], label: str, name: str, *args: Any, **kw: Any) -> Any:
+        """Draw a widget bound to the form value ``name``, its problems right below it."""
+        value = draw(label, *args, **bind(name), **kw)
+        self.show(name)
+        return value
+
+    def unshown(self) -> list[str]:
+        """Problems of fields that have no widget on the page right now."""
+        return [m for name, ms in self.by_field.items() if name not in self.shown for m in ms]
+
+
+def check(config: RunConfig, source: str, weights: str | None) -> FormProblems:
+    """The config's problems; an upload still missing replaces the weights' own problem."""
+    by_field = config.problems_by_field()
+    if weights is None and source in MISSING_WEIGHTS:
+        by_field["weights"] = [MISSING_WEIGHTS[source]]
+    return FormProblems(by_field)
+
+
+def weights_upload(kind: str, suffixes: tuple[str, ...]) -> str | None:
+    """Save an uploaded weights file under the workspace once; return its path."""
+    upload = st.file_uploader(
+        "Weights file" if kind == "upload" else "Backbone (.pt2 from torch.export)",
+        type=[s.lstrip(".") for s in suffixes],
+        key=f"weights_file_{kind}",
+    )
+    if upload is None:
+        return None
+    saved = st.session_state.setdefault("saved_weights", {})
+    if upload.file_id not in saved:
+        try:
+            saved[upload.file_id] = str(
+                save_weights_upload(uploads_dir(), upload.name, upload.getvalue(), suffixes)
+            )
+        except ValueError as exc:
+            st.error(esc(public(str(exc))))
+            return None
+    return saved[upload.file_id]
+
+
+# ----------------------------------------------------------------- advanced settings
+def layers_column(problems: FormProblems) -> None:
+    """Which layers train, and how the training images are varied."""
+    problems.widget(st.selectbox, "Strategy", "strategy", STRATEGIES,
+                    format_func=STRATEGY_NAMES.get,
+                    help="Which layers train. Presets set this for you.")  # fmt: skip
+    strategy = val("strategy")
+    if strategy == "finetune":
+        problems.widget(st.number_input, "Frozen epochs", "freeze_epochs", 0, 1000,
+                        help="Epochs that train only the new head before the backbone "
+                        "unfreezes.")  # fmt: skip
+    if strategy == "last_n":
+        problems.widget(st.number_input, "Layer groups to train", "last_n_groups", 1, 20,
+                        help="Counted from the output; the head is one group.")  # fmt: skip
+    if strategy == "probe":
+        problems.widget(st.number_input, "Augmented views per image", "probe_views", 1, 32,
+                        help="A probe caches features once; more views add augmented copies "
+                        "to the cache (slower start, sometimes better accuracy).")  # fmt: skip
+    problems.widget(st.number_input, "Discriminative LR factor", "lr_mult", 1.0, 1e6,
+                    help="The first layer group trains at learning rate / this factor, the "
+                    "head at the full rate (fine-tune and last-N).")  # fmt: skip
+    problems.widget(st.selectbox, "Augmentation", "augmentation", AUGMENTATIONS,
+                    help="Random crops, flips, rotations and colour changes on the training "
+                    "images; see the preview below.")  # fmt: skip
+    problems.widget(st.number_input, "Dropout before the head", "dropout", 0.0, 0.95,
+                    step=0.05, help="Regularises the new classification layer.")  # fmt: skip
+
+
+def optimizer_column(problems: FormProblems) -> None:
+    problems.widget(st.selectbox, "Optimizer", "optimizer", OPTIMIZERS,
+                    help="AdamW is robust; SGD with momentum can generalise better.")  # fmt: skip
+    if val("optimizer") == "sgd":
+        problems.widget(st.number_input, "Momentum", "momentum", 0.0, 0.999, step=0.01)
+    problems.widget(st.number_input, "Weight decay", "weight_decay", 0.0, 1.0, step=0.005,
+                    format="%.4f", help="L2-style regularisation on the weights.")  # fmt: skip
+    problems.widget(st.selectbox, "Schedule", "schedule", SCHEDULES,
+                    help="One-cycle warms up then anneals (fastai's default); cosine anneals "
+                    "from the start; constant keeps the rate.")  # fmt: skip
+    problems.widget(st.number_input, "Warm-up share", "warmup_pct", 0.0, 0.95, step=0.05,
+                    help="Fraction of steps spent warming up (one-cycle).")  # fmt: skip
+    problems.widget(st.number_input, "Label smoothing", "label_smoothing", 0.0, 0.95,
+                    step=0.05, help="Softens the targets; helps with noisy labels.")  # fmt: skip
+    problems.widget(st.selectbox, "Class balance", "class_balance", CLASS_BALANCE,
+                    help="For imbalanced classes: weight the loss by class frequency, or "
+                    "sample classes equally.")  # fmt: skip
+    problems.widget(st.number_input, "Gradient clipping (0 = off)", "grad_clip", 0.0, 1000.0,
+                    step=0.5, help="Caps the gradient norm; guards against loss spikes.")  # fmt: skip
+
+
+def run_column(problems: FormProblems) -> None:
+    """Stopping, precision and where the run executes."""
+    st.checkbox("Early stopping", **bind("early_stopping"),
+                help="Stop when the validation metric stops improving; the best epoch's "
+                "model is kept either way.")  # fmt: skip
+    if val("early_stopping"):
+        problems.widget(st.selectbox, "Watch", "es_metric", ES_METRICS)
+        problems.widget(st.number_input, "Patience (epochs)", "es_patience", 1, 1000)
+        problems.widget(st.number_input, "Minimum improvement", "es_min_delta", 0.0, 10.0,
+                        step=0.001, format="%.4f")  # fmt: skip
+    problems.widget(st.selectbox, "Mixed precision", "mixed_precision", PRECISIONS,
+                    help="auto: bf16/fp16 where the device runs it fast and accurately; off: "
+                    "fp32.")  # fmt: skip
+    st.checkbox("Channels-last memory format", **bind("channels_last"),
+                help="Faster convolutions on most GPUs and recent CPUs.")  # fmt: skip
+    problems.widget(st.text_input, "Device", "device", help="auto, cpu, cuda, cuda:N or mps.")
+    gpus = distributed.visible_gpus()
+    if gpus > 1:  # several GPUs: one process per GPU through torchrun + DDP
+        problems.widget(st.selectbox, "GPUs", "devices", distributed.device_count_options(gpus),
+                        help=f"{gpus} GPUs are visible. More than 1 launches torchrun with one "
+                        "process per GPU (DistributedDataParallel); the batch size is the "
+                        "global batch.")  # fmt: skip
+    problems.widget(st.number_input, "CPU threads (0 = all)", "num_threads", 0, 1024)
+    problems.widget(st.number_input, "Seed", "seed", 0, 2**31 - 1,
+                    help="Same seed, data and settings: the same run.")  # fmt: skip
