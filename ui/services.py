@@ -17,9 +17,9 @@ from finetune_core.evaluation.evaluate import read_predictions
 from finetune_core.jobs.manager import JobManager
 from finetune_core.jobs.postrun import DEFAULT_HOOKS
 from finetune_core.models.classifier import list_architectures
-from finetune_core.models.loaded import load_run_model
-from finetune_core.runs import RunError, RunFolder
-from finetune_core.store import Workspace
+from finetune_core.models.loaded import LoadedModel, load_run_model
+from finetune_core.runs import RunError, RunFolder, RunPaths
+from finetune_core.store import RunRecord, RunStatus, Workspace
 from ui.auth import access_settings, require_login
 from ui.auth import current_user as auth_current_user
 from ui.settings import workspace_root
@@ -92,15 +92,24 @@ def imagenet_cached(model: str) -> bool:
     return any(a.name == model and getattr(a, "cached", False) for a in architectures())
 
 
-@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
-def _load_model(run_dir: str, mtime: float) -> object:
+def has_model(run_id: str) -> bool:
+    """Whether the workspace run has a saved model (its best checkpoint)."""
+    return RunPaths(get_workspace().run_dir(run_id)).has_model()
 
+
+def finished_runs_with_model() -> list[RunRecord]:
+    """Runs that are not queued or training and have a saved model, newest first."""
+    return [r for r in get_workspace().list_runs() if r.status not in RunStatus.ACTIVE
+            and has_model(r.id)]  # fmt: skip
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def _load_model(run_dir: str, mtime: float) -> LoadedModel:
     return load_run_model(RunFolder(run_dir), "best")
 
 
-def load_model(run_dir: Path) -> object:
+def load_model(run_dir: Path) -> LoadedModel:
     """The run's best model (cached per checkpoint file; raises RunError)."""
-
     checkpoint = RunFolder(run_dir).checkpoint_path("best")
     try:
         mtime = checkpoint.stat().st_mtime
@@ -111,14 +120,13 @@ def load_model(run_dir: Path) -> object:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _predictions(run_dir: str, mtime: float) -> list[dict]:
-
     return read_predictions(RunFolder(run_dir))
 
 
 def predictions(run_dir: Path) -> list[dict]:
     """predictions.csv of an evaluated run (cached per file version)."""
     try:
-        mtime = (Path(run_dir) / "predictions.csv").stat().st_mtime
+        mtime = RunPaths(Path(run_dir)).predictions.stat().st_mtime
     except OSError:
         return []
     return _predictions(str(run_dir), mtime)

@@ -50,10 +50,6 @@ ws = get_workspace()
 GALLERY_PAGE = 24
 FINDING_THUMBS = 12
 
-st.title("Data")
-if flash := st.session_state.pop("data_flash", None):
-    st.success(flash, icon=":material/check_circle:")
-
 
 # ------------------------------------------------------------------------ import
 def run_ingest(source: object, name: str, split: SplitSpec) -> None:
@@ -470,5 +466,12 @@ def dataset_section() -> None:
     manage_section(dataset)
 
 
-import_section()
-dataset_section()
+def main() -> None:
+    st.title("Data")
+    if flash := st.session_state.pop("data_flash", None):
+        st.success(flash, icon=":material/check_circle:")
+    import_section()
+    dataset_section()
+
+
+main()

@@ -6,7 +6,7 @@ import streamlit as st
 
 from finetune_core.auth.access import can_start
 from finetune_core.data import IngestError, create_demo_dataset
-from finetune_core.device import device_info
+from finetune_core.device import DeviceInfo, device_info
 from finetune_core.jobs.manager import JobError
 from finetune_core.presets import demo_config
 from finetune_core.store import RunStatus
@@ -23,36 +23,42 @@ from ui.services import current_user, get_job_manager, get_workspace, imagenet_c
 ws = get_workspace()
 manager = get_job_manager()
 
-st.title("Finetune Dashboard")
-st.markdown(
-    "Turn a folder of labelled images into a **fine-tuned image classifier** without writing "
-    "code.  \nUpload your images and check their health, pick a pretrained model and a "
-    "recipe, and watch it train live.  \nThen read an honest evaluation, try the model on new "
-    "images and export it — every run stays in this workspace for the whole team."
-)
 
-counts = ws.counts()
-running = 1 if manager.running() else 0
-queued = len(manager.queue_positions())
-info = device_info()
-memory = f"{info.memory_gb:g} GB" if info.memory_gb else "unknown"
-metric_row(
-    [
-        Metric("Datasets", str(counts["datasets"])),
-        Metric("Runs", str(counts["runs"])),
-        Metric("Training now", str(running), help="Jobs run one at a time per device."),
-        Metric("Queued", str(queued)),
-        Metric(
-            "Device",
-            "GPU" if info.kind == "cuda" else info.kind.upper(),
-            help=f"{info.name}; memory {memory}; bf16 {'yes' if info.bf16 else 'no'}",
-        ),
-    ]
-)
-st.caption(
-    f"Training runs on **{info.name}** · {'GPU' if info.kind == 'cuda' else 'system'} memory "
-    f"{memory} · {info.cores} CPU cores · bf16 {'supported' if info.bf16 else 'not supported'}"
-)
+def intro() -> None:
+    st.title("Finetune Dashboard")
+    st.markdown(
+        "Turn a folder of labelled images into a **fine-tuned image classifier** without "
+        "writing code.  \nUpload your images and check their health, pick a pretrained model "
+        "and a recipe, and watch it train live.  \nThen read an honest evaluation, try the "
+        "model on new images and export it — every run stays in this workspace for the whole "
+        "team."
+    )
+
+
+def workspace_numbers(info: DeviceInfo) -> None:
+    """Datasets, runs, jobs and the training device at a glance."""
+    counts = ws.counts()
+    running = 1 if manager.running() else 0
+    queued = len(manager.queue_positions())
+    memory = f"{info.memory_gb:g} GB" if info.memory_gb else "unknown"
+    metric_row(
+        [
+            Metric("Datasets", str(counts["datasets"])),
+            Metric("Runs", str(counts["runs"])),
+            Metric("Training now", str(running), help="Jobs run one at a time per device."),
+            Metric("Queued", str(queued)),
+            Metric(
+                "Device",
+                "GPU" if info.kind == "cuda" else info.kind.upper(),
+                help=f"{info.name}; memory {memory}; bf16 {'yes' if info.bf16 else 'no'}",
+            ),
+        ]
+    )
+    st.caption(
+        f"Training runs on **{info.name}** · {'GPU' if info.kind == 'cuda' else 'system'} "
+        f"memory {memory} · {info.cores} CPU cores · "
+        f"bf16 {'supported' if info.bf16 else 'not supported'}"
+    )
 
 
 def start_demo(train: bool) -> None:
@@ -82,8 +88,7 @@ def start_demo(train: bool) -> None:
     st.switch_page("views/training.py", query_params={"run": run_id})
 
 
-left, right = st.columns(2, gap="medium")
-with left, st.container(border=True, height="stretch"):
+def demo_card() -> None:
     st.subheader(":material/rocket_launch: Try it with the demo dataset")
     st.markdown(
         "120 small generated pictures of three shapes (circles, squares, triangles) on noisy "
@@ -103,7 +108,9 @@ with left, st.container(border=True, height="stretch"):
             "Set up a run on the demo data", icon=":material/tune:", disabled=not signed_in
         ):
             start_demo(train=False)
-with right, st.container(border=True, height="stretch"):
+
+
+def own_images_card() -> None:
     st.subheader(":material/photo_library: Use your own images")
     st.markdown(
         "1. **Data** — upload a zip or a folder with one sub-folder per class (or a CSV).\n"
@@ -115,23 +122,39 @@ with right, st.container(border=True, height="stretch"):
         st.page_link("views/data.py", label="Add a dataset", icon=":material/upload:")
         st.page_link("views/runs.py", label="All runs", icon=":material/list:")
 
-st.subheader("Recent runs")
-recent = ws.list_runs(limit=5)
-if not recent:
-    st.info("No runs yet. Start with the demo above, or add a dataset on the Data page.")
-for run in recent:
-    with st.container(border=True, horizontal=True, vertical_alignment="center"):
-        status_badge(run.status)
-        st.text(run.name or run.id)
-        st.caption(
-            f"{run.model} · {run.strategy} · val accuracy {fmt_pct(run.best_val_accuracy)} · "
-            f"{fmt_when(run.created_at)}"
-        )
-        target = (
-            "views/training.py"
-            if run.status in RunStatus.ACTIVE or run.status == RunStatus.FAILED
-            else "views/evaluation.py"
-        )
-        st.page_link(
-            target, label="Open", icon=":material/open_in_new:", query_params={"run": run.id}
-        )
+
+def recent_runs() -> None:
+    st.subheader("Recent runs")
+    recent = ws.list_runs(limit=5)
+    if not recent:
+        st.info("No runs yet. Start with the demo above, or add a dataset on the Data page.")
+    for run in recent:
+        with st.container(border=True, horizontal=True, vertical_alignment="center"):
+            status_badge(run.status)
+            st.text(run.name or run.id)
+            st.caption(
+                f"{run.model} · {run.strategy} · val accuracy {fmt_pct(run.best_val_accuracy)} "
+                f"· {fmt_when(run.created_at)}"
+            )
+            target = (
+                "views/training.py"
+                if run.status in RunStatus.ACTIVE or run.status == RunStatus.FAILED
+                else "views/evaluation.py"
+            )
+            st.page_link(
+                target, label="Open", icon=":material/open_in_new:", query_params={"run": run.id}
+            )
+
+
+def main() -> None:
+    intro()
+    workspace_numbers(device_info())
+    left, right = st.columns(2, gap="medium")
+    with left, st.container(border=True, height="stretch"):
+        demo_card()
+    with right, st.container(border=True, height="stretch"):
+        own_images_card()
+    recent_runs()
+
+
+main()

@@ -14,61 +14,63 @@ from finetune_core.evaluation.predict import (
     predict_files,
     predictions_csv,
 )
+from finetune_core.models.loaded import LoadedModel
 from finetune_core.runs import RunError
-from finetune_core.store import RunStatus
+from finetune_core.store import RunRecord
 from ui.components import error_box, esc, paginate, pick_run
-from ui.services import get_workspace, load_model
+from ui.services import finished_runs_with_model, get_workspace, load_model
 
 ws = get_workspace()
 IMAGE_TYPES = ["jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp"]
 PER_PAGE = 8
 TOP_K = 5
+PROBABILITY = st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent")
 
-st.title("Predict")
 
-candidates = [
-    r
-    for r in ws.list_runs()
-    if r.status not in RunStatus.ACTIVE and (ws.run_dir(r.id) / "checkpoints" / "best.pt").exists()
-]
-if not candidates:
-    st.info("No trained model yet. Train one first; it appears here when it has saved a model.",
-            icon=":material/info:")  # fmt: skip
-    st.page_link("views/setup.py", label="Set up a run", icon=":material/tune:")
+def pick_model_run() -> RunRecord:
+    """The run whose model predicts (the page stops when no run has one)."""
+    candidates = finished_runs_with_model()
+    if not candidates:
+        st.info("No trained model yet. Train one first; it appears here when it has saved a "
+                "model.", icon=":material/info:")  # fmt: skip
+        st.page_link("views/setup.py", label="Set up a run", icon=":material/tune:")
+        st.stop()
+    run = pick_run(candidates, key="predict_run", label="Model (run)")
+    assert run is not None
+    return run
+
+
+def model_of(run: RunRecord) -> LoadedModel:
+    """The run's best model (the page stops with the reason when it cannot load)."""
+    try:
+        return load_model(ws.run_dir(run.id))
+    except RunError as exc:
+        error_box(str(exc), exc)
+    except Exception as exc:
+        error_box(f"The model could not be loaded: {exc}", exc)
     st.stop()
 
-run = pick_run(candidates, key="predict_run", label="Model (run)")
-assert run is not None
-try:
-    model = load_model(ws.run_dir(run.id))
-except RunError as exc:
-    error_box(str(exc), exc)
-    st.stop()
-except Exception as exc:
-    error_box(f"The model could not be loaded: {exc}", exc)
-    st.stop()
 
-st.caption(
-    f"{run.model} · {len(model.class_names)} classes · input {model.image_size} px · "
-    f"validation accuracy "
-    f"{f'{run.best_val_accuracy:.1%}' if run.best_val_accuracy is not None else '–'}"
-)
-explain = st.toggle(
-    "Show activation maps",
-    key="predict_explain",
-    help="Grad-CAM: the regions of the image that drove the prediction.",
-)
+def model_caption(run: RunRecord, model: LoadedModel) -> None:
+    accuracy = f"{run.best_val_accuracy:.1%}" if run.best_val_accuracy is not None else "–"
+    st.caption(
+        f"{run.model} · {len(model.class_names)} classes · input {model.image_size} px · "
+        f"validation accuracy {accuracy}"
+    )
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def activation_map(run_id: str, data: bytes) -> tuple[bytes, str]:
-    result = explain_image(model, open_rgb(data))
+def activation_map(run_id: str, data: bytes, _model: LoadedModel) -> tuple[bytes, str]:
+    """Grad-CAM overlay PNG and note (cached per run and image; the model is not hashed)."""
+    result = explain_image(_model, open_rgb(data))
     buffer = io.BytesIO()
     result.overlay.save(buffer, "PNG")
     return buffer.getvalue(), result.note
 
 
-def show_prediction(prediction: Prediction, data: bytes) -> None:
+def show_prediction(
+    prediction: Prediction, data: bytes, run: RunRecord, model: LoadedModel, explain: bool
+) -> None:
     with st.container(border=True):
         cols = st.columns([1, 1, 2] if explain else [1, 2], gap="medium")
         cols[0].image(data, caption=esc(prediction.name), width="stretch")
@@ -77,7 +79,7 @@ def show_prediction(prediction: Prediction, data: bytes) -> None:
             return
         if explain:
             try:
-                overlay, note = activation_map(run.id, data)
+                overlay, note = activation_map(run.id, data, model)
             except Exception as exc:
                 with cols[1]:
                     error_box(f"No activation map: {exc}", exc)
@@ -90,116 +92,134 @@ def show_prediction(prediction: Prediction, data: bytes) -> None:
                 pd.DataFrame(prediction.top, columns=["Class", "Probability"]),
                 hide_index=True,
                 width="stretch",
-                column_config={
-                    "Probability": st.column_config.ProgressColumn(
-                        min_value=0.0, max_value=1.0, format="percent"
-                    )
-                },
+                column_config={"Probability": PROBABILITY},
             )
 
 
-def predict_and_show(files: list[tuple[str, bytes]], page_key: str) -> None:
-    page = paginate(len(files), PER_PAGE, key=page_key)
-    shown = files[page]
-    results = predict_files(model, shown, k=TOP_K)
-    data_by_name = dict(shown)
-    for prediction in results:
-        show_prediction(prediction, data_by_name.get(prediction.name, b""))
-
-
-tab_images, tab_camera, tab_batch = st.tabs(["Images", "Camera", "Folder or zip → CSV"])
-
-with tab_images:
+def images_tab(run: RunRecord, model: LoadedModel, explain: bool) -> None:
     uploads = st.file_uploader(
         "Images to classify", type=IMAGE_TYPES, accept_multiple_files=True, key="predict_images"
     )
-    if uploads:
-        predict_and_show([(u.name, u.getvalue()) for u in uploads], "predict_page")
-    else:
+    if not uploads:
         st.caption("Drop one or more images; each gets the model's top classes.")
+        return
+    files = [(u.name, u.getvalue()) for u in uploads]
+    shown = files[paginate(len(files), PER_PAGE, key="predict_page")]
+    data_by_name = dict(shown)
+    for prediction in predict_files(model, shown, k=TOP_K):
+        show_prediction(prediction, data_by_name.get(prediction.name, b""), run, model, explain)
 
-with tab_camera:
+
+def camera_tab(run: RunRecord, model: LoadedModel, explain: bool) -> None:
     shot = st.camera_input("Take a picture", key="predict_camera")
-    if shot is not None:
-        data = shot.getvalue()
-        try:
-            open_rgb(data)
-        except ImageReadError as exc:
-            st.error(f"The picture cannot be read: {exc.reason}")
-        else:
-            show_prediction(predict_files(model, [("camera.jpg", data)], k=TOP_K)[0], data)
+    if shot is None:
+        return
+    data = shot.getvalue()
+    try:
+        open_rgb(data)
+    except ImageReadError as exc:
+        st.error(f"The picture cannot be read: {exc.reason}")
+        return
+    prediction = predict_files(model, [("camera.jpg", data)], k=TOP_K)[0]
+    show_prediction(prediction, data, run, model, explain)
 
-with tab_batch:
-    st.markdown(
-        "Classify many images at once and download the predictions as a CSV (one row per "
-        "image with every class probability)."
-    )
+
+def batch_upload() -> list:
+    """The uploaded folder, zip or images of a batch (empty before an upload)."""
     mode = st.segmented_control(
         "Input", ["Zip or files", "Folder"], default="Zip or files", key="batch_mode"
     )
     if mode == "Folder":
-        batch = st.file_uploader("Folder of images", accept_multiple_files="directory",
-                                 key="batch_folder")  # fmt: skip
+        return st.file_uploader("Folder of images", accept_multiple_files="directory",
+                                key="batch_folder") or []  # fmt: skip
+    return st.file_uploader("A zip of images, or many images", type=["zip", *IMAGE_TYPES],
+                            accept_multiple_files=True, key="batch_files") or []  # fmt: skip
+
+
+def run_batch(run: RunRecord, model: LoadedModel, batch: list) -> None:
+    bar = st.progress(0.0, text="Reading the images")
+
+    def on_progress(done: int, total: int) -> None:
+        bar.progress(done / total if total else 1.0, text=f"{done:,} of {total:,} images")
+
+    try:
+        results = predict_files(model, [(f.name, f.getvalue()) for f in batch], k=TOP_K,
+                                progress=on_progress)  # fmt: skip
+    except Exception as exc:  # a broken zip, mostly
+        error_box(f"The images could not be read: {exc}", exc)
     else:
-        batch = st.file_uploader("A zip of images, or many images", type=["zip", *IMAGE_TYPES],
-                                 accept_multiple_files=True, key="batch_files")  # fmt: skip
+        st.session_state["batch_results"] = {"run": run.id, "results": results}
+    bar.empty()
+
+
+def batch_results(run: RunRecord, model: LoadedModel, results: list[Prediction]) -> None:
+    if not results:
+        st.warning("No images were found in the upload.")
+        return
+    failed = sum(1 for r in results if r.error)
+    st.success(
+        f"{len(results) - failed:,} image(s) classified"
+        + (f", {failed} could not be read" if failed else "")
+        + ".",
+        icon=":material/check_circle:",
+    )
+    table = pd.DataFrame(
+        [
+            {
+                "File": r.name,
+                "Prediction": r.label or "–",
+                "Probability": r.confidence,
+                "Error": r.error,
+            }
+            for r in results
+        ]  # fmt: skip
+    )
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_config={"Probability": PROBABILITY})  # fmt: skip
+    counts = table[table["Error"] == ""]["Prediction"].value_counts()
+    st.caption("Predicted: " + ", ".join(f"{esc(k)} {v}" for k, v in counts.items()))
+    st.download_button(
+        "Download predictions (CSV)",
+        predictions_csv(results, model.class_names),
+        file_name=f"predictions-{run.id}.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        on_click="ignore",
+        key="batch_download",
+    )
+
+
+def batch_tab(run: RunRecord, model: LoadedModel) -> None:
+    st.markdown(
+        "Classify many images at once and download the predictions as a CSV (one row per "
+        "image with every class probability)."
+    )
+    batch = batch_upload()
     if st.button("Predict all", type="primary", icon=":material/play_arrow:", key="batch_go",
                  disabled=not batch):  # fmt: skip
-        bar = st.progress(0.0, text="Reading the images")
-
-        def on_progress(done: int, total: int) -> None:
-            bar.progress(done / total if total else 1.0, text=f"{done:,} of {total:,} images")
-
-        try:
-            results = predict_files(model, [(f.name, f.getvalue()) for f in batch], k=TOP_K,
-                                    progress=on_progress)  # fmt: skip
-        except Exception as exc:  # a broken zip, mostly
-            error_box(f"The images could not be read: {exc}", exc)
-        else:
-            st.session_state["batch_results"] = {"run": run.id, "results": results}
-        bar.empty()
+        run_batch(run, model, batch)
     stored = st.session_state.get("batch_results")
     if stored and stored["run"] == run.id:
-        results: list[Prediction] = stored["results"]
-        if not results:
-            st.warning("No images were found in the upload.")
-        else:
-            failed = sum(1 for r in results if r.error)
-            st.success(
-                f"{len(results) - failed:,} image(s) classified"
-                + (f", {failed} could not be read" if failed else "")
-                + ".",
-                icon=":material/check_circle:",
-            )
-            table = pd.DataFrame(
-                [
-                    {
-                        "File": r.name,
-                        "Prediction": r.label or "–",
-                        "Probability": r.confidence,
-                        "Error": r.error,
-                    }  # fmt: skip
-                    for r in results
-                ]
-            )
-            st.dataframe(
-                table,
-                hide_index=True,
-                width="stretch",
-                column_config={
-                    "Probability": st.column_config.ProgressColumn(
-                        min_value=0.0, max_value=1.0, format="percent"
-                    )
-                },
-            )
-            counts = table[table["Error"] == ""]["Prediction"].value_counts()
-            st.caption("Predicted: " + ", ".join(f"{esc(k)} {v}" for k, v in counts.items()))
-            st.download_button(
-                "Download predictions (CSV)",
-                predictions_csv(results, model.class_names),
-                file_name=f"predictions-{run.id}.csv",
-                mime="text/csv",
-                icon=":material/download:",
-                on_click="ignore",
-                key="batch_download",
-            )
+        batch_results(run, model, stored["results"])
+
+
+def main() -> None:
+    st.title("Predict")
+    run = pick_model_run()
+    model = model_of(run)
+    model_caption(run, model)
+    explain = st.toggle(
+        "Show activation maps",
+        key="predict_explain",
+        help="Grad-CAM: the regions of the image that drove the prediction.",
+    )
+    tab_images, tab_camera, tab_batch = st.tabs(["Images", "Camera", "Folder or zip → CSV"])
+    with tab_images:
+        images_tab(run, model, explain)
+    with tab_camera:
+        camera_tab(run, model, explain)
+    with tab_batch:
+        batch_tab(run, model)
+
+
+main()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import partial
+
 import pandas as pd
 import streamlit as st
 
@@ -26,7 +29,7 @@ from ui.components import (
     status_badge,
     status_label,
 )
-from ui.services import current_user, get_job_manager, get_workspace, public, user
+from ui.services import current_user, get_job_manager, get_workspace, has_model, public, user
 
 ws = get_workspace()
 manager = get_job_manager()
@@ -37,121 +40,111 @@ SORTS = {  # label -> (key, descending)
     "Name": (lambda r: (r.name or r.id).lower(), False),
 }
 
-st.title("Runs")
-runs = ws.list_runs()
-if not runs:
-    st.info("No runs yet. Configure one on the Setup page.", icon=":material/info:")
-    st.page_link("views/setup.py", label="Set up a run", icon=":material/tune:")
-    st.stop()
-
-datasets = {d.id: d.name for d in ws.list_datasets()}
+COLUMNS = ["Status", "Name", "Open", "Dataset", "Model", "Strategy", "Val. acc.", "Epochs",
+           "Duration", "Creator", "Created"]  # fmt: skip
 
 
-def dataset_name(record: RunRecord) -> str:
-    return datasets.get(record.dataset_id, "(deleted)")
+def dataset_names() -> dict[str, str]:
+    return {d.id: d.name for d in ws.list_datasets()}
 
 
-f1, f2, f3, f4 = st.columns(4)
-statuses = f1.multiselect(
-    "Status", list(STATUS_STYLE), format_func=lambda s: STATUS_STYLE[s][0], key="runs_status"
-)
-chosen_datasets = f2.multiselect("Dataset", sorted({dataset_name(r) for r in runs}), key="runs_ds")
-models = f3.multiselect("Model", sorted({r.model for r in runs}), key="runs_model")
-sort = f4.selectbox("Sort by", list(SORTS), key="runs_sort")
+def filtered_runs(runs: list[RunRecord], datasets: dict[str, str]) -> list[RunRecord]:
+    """The runs that match the filters, in the chosen order."""
 
-shown = [
-    r
-    for r in runs
-    if (not statuses or r.status in statuses)
-    and (not chosen_datasets or dataset_name(r) in chosen_datasets)
-    and (not models or r.model in models)
-]
-sort_key, descending = SORTS[sort]
-shown.sort(key=sort_key, reverse=descending)
+    def dataset_name(record: RunRecord) -> str:
+        return datasets.get(record.dataset_id, "(deleted)")
+
+    f1, f2, f3, f4 = st.columns(4)
+    statuses = f1.multiselect(
+        "Status", list(STATUS_STYLE), format_func=lambda s: STATUS_STYLE[s][0], key="runs_status"
+    )
+    chosen_datasets = f2.multiselect(
+        "Dataset", sorted({dataset_name(r) for r in runs}), key="runs_ds"
+    )
+    models = f3.multiselect("Model", sorted({r.model for r in runs}), key="runs_model")
+    sort = f4.selectbox("Sort by", list(SORTS), key="runs_sort")
+    shown = [
+        r
+        for r in runs
+        if (not statuses or r.status in statuses)
+        and (not chosen_datasets or dataset_name(r) in chosen_datasets)
+        and (not models or r.model in models)
+    ]
+    sort_key, descending = SORTS[sort]
+    shown.sort(key=sort_key, reverse=descending)
+    return shown
+
+
+def opens_evaluation(record: RunRecord) -> bool:
+    """A finished run with a model opens on its evaluation, any other on its training view."""
+    return record.status not in RunStatus.ACTIVE and has_model(record.id)
 
 
 def open_link(record: RunRecord) -> str:
-    has_model = (ws.run_dir(record.id) / "checkpoints" / "best.pt").exists()
-    page = "evaluation" if has_model and record.status not in RunStatus.ACTIVE else "training"
+    page = "evaluation" if opens_evaluation(record) else "training"
     return f"{page}?run={record.id}"
 
 
-COLUMNS = ["Status", "Name", "Open", "Dataset", "Model", "Strategy", "Val. acc.", "Epochs",
-           "Duration", "Creator", "Created"]  # fmt: skip
-table = pd.DataFrame(
-    [
-        {
-            "Status": status_label(r.status),
-            "Name": r.name or "–",
-            "Open": open_link(r),
-            "Dataset": dataset_name(r),
-            "Model": r.model,
-            "Strategy": r.strategy,
-            "Val. acc.": r.best_val_accuracy,
-            "Epochs": r.epochs_run,
-            "Duration": fmt_duration(run_duration(r)),
-            "Creator": r.creator or "–",
-            "Created": fmt_when(r.created_at),
-        }
-        for r in shown
-    ],
-    columns=COLUMNS,
-)
-
-
-def on_row_select() -> None:
+def on_row_select(shown: Sequence[RunRecord]) -> None:
     rows = (st.session_state.get("runs_table") or {}).get("selection", {}).get("rows", [])
     if rows and rows[0] < len(shown):
         st.session_state["runs_run"] = shown[rows[0]].id
         st.query_params["run"] = shown[rows[0]].id
 
 
-st.caption(f"{len(shown)} of {len(runs)} run(s). Select a row to act on it.")
-st.dataframe(
-    table,
-    hide_index=True,
-    width="stretch",
-    key="runs_table",
-    on_select=on_row_select,
-    selection_mode="single-row",
-    column_config={
-        "Status": st.column_config.TextColumn(width="small"),
-        "Val. acc.": st.column_config.ProgressColumn(
-            min_value=0.0,
-            max_value=1.0,
-            format="percent",
-            width="small",
-            help="Validation accuracy of the best epoch.",
-        ),
-        "Epochs": st.column_config.NumberColumn(width="small"),
-        "Duration": st.column_config.TextColumn(width="small", help="Training time."),
-        "Open": st.column_config.LinkColumn(
-            display_text="Open",
-            width="small",
-            help="Open the run (evaluation or live view) in a new tab",
-        ),
-    },
-)
-if not shown:
-    st.info("No run matches the filters.")
-    st.stop()
+def runs_table(shown: list[RunRecord], total: int, datasets: dict[str, str]) -> None:
+    table = pd.DataFrame(
+        [
+            {
+                "Status": status_label(r.status),
+                "Name": r.name or "–",
+                "Open": open_link(r),
+                "Dataset": datasets.get(r.dataset_id, "(deleted)"),
+                "Model": r.model,
+                "Strategy": r.strategy,
+                "Val. acc.": r.best_val_accuracy,
+                "Epochs": r.epochs_run,
+                "Duration": fmt_duration(run_duration(r)),
+                "Creator": r.creator or "–",
+                "Created": fmt_when(r.created_at),
+            }
+            for r in shown
+        ],
+        columns=COLUMNS,
+    )
+    st.caption(f"{len(shown)} of {total} run(s). Select a row to act on it.")
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        key="runs_table",
+        on_select=partial(on_row_select, shown),
+        selection_mode="single-row",
+        column_config={
+            "Status": st.column_config.TextColumn(width="small"),
+            "Val. acc.": st.column_config.ProgressColumn(
+                min_value=0.0,
+                max_value=1.0,
+                format="percent",
+                width="small",
+                help="Validation accuracy of the best epoch.",
+            ),
+            "Epochs": st.column_config.NumberColumn(width="small"),
+            "Duration": st.column_config.TextColumn(width="small", help="Training time."),
+            "Open": st.column_config.LinkColumn(
+                display_text="Open",
+                width="small",
+                help="Open the run (evaluation or live view) in a new tab",
+            ),
+        },
+    )
 
-st.subheader("Selected run")
-run = pick_run(shown, key="runs_run")
-assert run is not None
-me = user()
-allowed = can_modify(me, run)
-why = None if allowed else f"Only {run.creator or 'its creator'} or an admin can change this run."
-with st.container(border=True):
-    with st.container(horizontal=True, vertical_alignment="center"):
-        st.markdown(f"**{esc(run.name or run.id)}**")
-        status_badge(run.status)
-        st.caption(f"by {esc(run.creator)}" if run.creator else "")
-    if run.error:
-        st.caption(esc(public(run.error)))
+
+def run_actions(run: RunRecord, allowed: bool, why: str | None) -> None:
+    """Open its pages, re-run, resume or cancel."""
+    me = user()
     with st.container(horizontal=True):
-        has_model = (ws.run_dir(run.id) / "checkpoints" / "best.pt").exists()
-        if has_model and run.status not in RunStatus.ACTIVE:
+        if opens_evaluation(run):
             st.page_link("views/evaluation.py", label="Evaluation", icon=":material/analytics:",
                          query_params={"run": run.id})  # fmt: skip
             st.page_link("views/predict.py", label="Predict", icon=":material/image_search:",
@@ -187,38 +180,82 @@ with st.container(border=True):
             else:
                 st.rerun()
 
-    left, right = st.columns(2, gap="medium")
-    with left:
-        new_name = st.text_input(
-            "Name", value=run.name, key=f"runs_name_{run.id}", disabled=not allowed
-        )
-        if st.button("Rename", icon=":material/edit:", key="runs_rename", disabled=not allowed,
-                     help=why):  # fmt: skip
-            try:
-                if not new_name.strip():
-                    raise StoreError("A run name cannot be empty.")
-                guarded_rename_run(ws, me, run.id, new_name)
-            except (PermissionDenied, StoreError) as exc:
-                st.error(esc(str(exc)))
-            else:
-                st.rerun()
-    with right:
-        running = run.status == RunStatus.RUNNING or manager.running() == run.id
-        confirm = st.checkbox(
-            "Yes, delete this run, its model and its report",
-            key=f"runs_delete_confirm_{run.id}",
-            disabled=running or not allowed,
-            help="Stop the run first." if running else why,
-        )
-        if st.button("Delete run", icon=":material/delete:", key="runs_delete",
-                     disabled=not confirm or running or not allowed):  # fmt: skip
-            try:
-                if run.status == RunStatus.QUEUED:
-                    guarded_stop(manager, ws, me, run.id)
-                guarded_delete_run(ws, me, run.id)
-            except (PermissionDenied, StoreError) as exc:
-                st.error(esc(str(exc)))
-            else:
-                st.session_state.pop("runs_run", None)
-                st.query_params.pop("run", None)
-                st.rerun()
+
+def rename_box(run: RunRecord, allowed: bool, why: str | None) -> None:
+    new_name = st.text_input(
+        "Name", value=run.name, key=f"runs_name_{run.id}", disabled=not allowed
+    )
+    if st.button("Rename", icon=":material/edit:", key="runs_rename", disabled=not allowed,
+                 help=why):  # fmt: skip
+        try:
+            if not new_name.strip():
+                raise StoreError("A run name cannot be empty.")
+            guarded_rename_run(ws, user(), run.id, new_name)
+        except (PermissionDenied, StoreError) as exc:
+            st.error(esc(str(exc)))
+        else:
+            st.rerun()
+
+
+def delete_box(run: RunRecord, allowed: bool, why: str | None) -> None:
+    running = run.status == RunStatus.RUNNING or manager.running() == run.id
+    confirm = st.checkbox(
+        "Yes, delete this run, its model and its report",
+        key=f"runs_delete_confirm_{run.id}",
+        disabled=running or not allowed,
+        help="Stop the run first." if running else why,
+    )
+    if st.button("Delete run", icon=":material/delete:", key="runs_delete",
+                 disabled=not confirm or running or not allowed):  # fmt: skip
+        try:
+            if run.status == RunStatus.QUEUED:
+                guarded_stop(manager, ws, user(), run.id)
+            guarded_delete_run(ws, user(), run.id)
+        except (PermissionDenied, StoreError) as exc:
+            st.error(esc(str(exc)))
+        else:
+            st.session_state.pop("runs_run", None)
+            st.query_params.pop("run", None)
+            st.rerun()
+
+
+def selected_run_section(shown: list[RunRecord]) -> None:
+    st.subheader("Selected run")
+    run = pick_run(shown, key="runs_run")
+    assert run is not None
+    allowed = can_modify(user(), run)
+    why = (
+        None if allowed else f"Only {run.creator or 'its creator'} or an admin can change this run."
+    )
+    with st.container(border=True):
+        with st.container(horizontal=True, vertical_alignment="center"):
+            st.markdown(f"**{esc(run.name or run.id)}**")
+            status_badge(run.status)
+            st.caption(f"by {esc(run.creator)}" if run.creator else "")
+        if run.error:
+            st.caption(esc(public(run.error)))
+        run_actions(run, allowed, why)
+        left, right = st.columns(2, gap="medium")
+        with left:
+            rename_box(run, allowed, why)
+        with right:
+            delete_box(run, allowed, why)
+
+
+def main() -> None:
+    st.title("Runs")
+    runs = ws.list_runs()
+    if not runs:
+        st.info("No runs yet. Configure one on the Setup page.", icon=":material/info:")
+        st.page_link("views/setup.py", label="Set up a run", icon=":material/tune:")
+        st.stop()
+    datasets = dataset_names()
+    shown = filtered_runs(runs, datasets)
+    runs_table(shown, len(runs), datasets)
+    if not shown:
+        st.info("No run matches the filters.")
+        st.stop()
+    selected_run_section(shown)
+
+
+main()

@@ -22,7 +22,7 @@ from finetune_core.device import device_info
 from finetune_core.jobs.manager import JobError
 from finetune_core.reporting import charts
 from finetune_core.store import RunRecord, RunStatus, StoreError
-from finetune_core.training.callbacks import Progress
+from finetune_core.training.progress import Progress
 from ui.components import (
     Metric,
     error_box,
@@ -41,18 +41,6 @@ LOG_LINES = 30
 
 ws = get_workspace()
 manager = get_job_manager()
-
-st.title("Training")
-runs = ws.list_runs()
-if not runs:
-    st.info("No runs yet. Configure one on the Setup page.", icon=":material/info:")
-    st.page_link("views/setup.py", label="Set up a run", icon=":material/tune:")
-    st.stop()
-
-active_ids = [r.id for r in runs if r.status in RunStatus.ACTIVE]
-default = manager.running() or (active_ids[0] if active_ids else runs[0].id)
-run = pick_run(runs, key="training_run", default=default)
-assert run is not None
 
 
 def is_active(run_id: str) -> bool:
@@ -114,7 +102,7 @@ def live_numbers(snap: Progress, record: RunRecord, active: bool) -> None:
             per_row=3,
         )
         return
-    memory_label = "GPU memory" if _on_gpu() else "Process memory"
+    memory_label = "GPU memory" if on_gpu(record) else "Process memory"
     metric_row(
         [
             Metric("ETA", fmt_duration(eta(snap)), help="Time left for all epochs."),
@@ -141,11 +129,11 @@ def live_numbers(snap: Progress, record: RunRecord, active: bool) -> None:
     )
 
 
-def _on_gpu() -> bool:
-    device = (run.config or {}).get("device", "auto")
+def on_gpu(record: RunRecord) -> bool:
+    """Whether the run trains on a GPU (its memory figure is then GPU memory)."""
+    device = (record.config or {}).get("device", "auto")
     if device.startswith("cuda"):
         return True
-
     return device == "auto" and device_info().kind == "cuda"
 
 
@@ -185,8 +173,8 @@ def shared_curves(run_id: str, epochs: int, best_epoch: int | None, _history: tu
     return charts.training_curves(list(_history), best_epoch)
 
 
-@st.fragment(run_every=POLL_SECONDS if is_active(run.id) else None)
 def live_view(run_id: str, was_active: bool) -> None:
+    """The run's numbers, curves and log; a fragment that polls while the run is active."""
     record = ws.get_run(run_id)
     snap = manager.snapshot(run_id)
     if record is None or snap is None:
@@ -297,8 +285,33 @@ def queue_table() -> None:
         st.caption("Nothing is training or waiting.")
 
 
-header(run)
-if not is_active(run.id):
-    final_state(ws.get_run(run.id) or run)
-live_view(run.id, is_active(run.id))
-queue_table()
+def pick_training_run() -> RunRecord:
+    """The run to watch: the URL's, else the running one, else the newest."""
+    runs = ws.list_runs()
+    if not runs:
+        st.info("No runs yet. Configure one on the Setup page.", icon=":material/info:")
+        st.page_link("views/setup.py", label="Set up a run", icon=":material/tune:")
+        st.stop()
+    active_ids = [r.id for r in runs if r.status in RunStatus.ACTIVE]
+    default = manager.running() or (active_ids[0] if active_ids else runs[0].id)
+    run = pick_run(runs, key="training_run", default=default)
+    assert run is not None
+    return run
+
+
+def live_section(run_id: str) -> None:
+    active = is_active(run_id)
+    st.fragment(run_every=POLL_SECONDS if active else None)(live_view)(run_id, active)
+
+
+def main() -> None:
+    st.title("Training")
+    run = pick_training_run()
+    header(run)
+    if not is_active(run.id):
+        final_state(ws.get_run(run.id) or run)
+    live_section(run.id)
+    queue_table()
+
+
+main()
