@@ -52,6 +52,21 @@ def fmt_pct(value: float | None, digits: int = 1) -> str:
     return f"{value * 100:.{digits}f}%"
 
 
+PERCENT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "ece")
+
+
+def fmt_metric(name: str, value: float | None) -> str:
+    """An evaluation metric as shown in cards and tables: shares as percentages, counts
+    with thousands separators, the rest to three decimals."""
+    if value is None:
+        return "–"
+    if name == "n":
+        return f"{int(value):,}"
+    if name in PERCENT_METRICS:
+        return fmt_pct(value)
+    return f"{value:.3f}"
+
+
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None or seconds < 0 or math.isnan(seconds):
         return "–"

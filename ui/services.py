@@ -7,13 +7,16 @@ the server and survives refreshes, closed tabs and a second teammate's browser.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from finetune_core.auth.access import User, public_error
+from finetune_core.data.images import open_rgb
 from finetune_core.evaluation.evaluate import read_predictions
+from finetune_core.evaluation.predict import explain_image
 from finetune_core.jobs.manager import JobManager
 from finetune_core.jobs.postrun import DEFAULT_HOOKS
 from finetune_core.models.classifier import list_architectures
@@ -116,6 +119,20 @@ def load_model(run_dir: Path) -> LoadedModel:
     except OSError as exc:
         raise RunError("This run has no saved model (it ended before its first epoch).") from exc
     return _load_model(str(run_dir), mtime)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def activation_pngs(run_dir: str, mtime: float, image: str) -> tuple[bytes, bytes, str, str]:
+    """Grad-CAM of one image by the run's best model (cached per checkpoint version):
+    (image PNG, overlay PNG, predicted label, note)."""
+    result = explain_image(load_model(Path(run_dir)), open_rgb(image))
+    encoded = []
+    for picture in (result.image, result.overlay):
+        buffer = io.BytesIO()
+        picture.save(buffer, "PNG")
+        encoded.append(buffer.getvalue())
+    prob = f" ({result.probability:.2f})" if result.probability is not None else ""
+    return encoded[0], encoded[1], f"{result.class_name}{prob}", result.note
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
