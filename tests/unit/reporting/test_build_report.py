@@ -23,7 +23,7 @@ from finetune_core.runs import RunFolder
 from finetune_core.store import RunStatus, Workspace
 
 NAME = 'Shapes <i> & "probe"'
-ESCAPED = "Shapes &lt;i&gt; &amp; &quot;probe&quot;"
+ESCAPED = "Shapes &lt;i&gt; &amp; &#34;probe&#34;"  # MarkupSafe's entities
 
 
 @pytest.fixture(scope="module")
