@@ -22,7 +22,7 @@ from finetune_core.device import device_info
 from finetune_core.jobs.manager import JobError
 from finetune_core.reporting import charts
 from finetune_core.store import RunRecord, RunStatus, StoreError
-from finetune_core.training.progress import Progress
+from finetune_core.training.callbacks import Progress
 from ui.components import (
     Metric,
     error_box,
