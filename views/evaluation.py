@@ -10,7 +10,7 @@ import streamlit as st
 
 from finetune_core.data.dataset import Dataset, run_dataset
 from finetune_core.evaluation.evaluate import evaluate_run
-from finetune_core.export.exporter import export_run, read_export_checks
+from finetune_core.export import FORMAT_TITLES, FORMATS, export_run, read_export_checks
 from finetune_core.reporting.compare import headline_metrics
 from finetune_core.reporting.gallery import source_names
 from finetune_core.reporting.report import build_report
@@ -38,12 +38,6 @@ from ui.services import (
 )
 
 ws = get_workspace()
-EXPORT_FORMATS = {
-    "checkpoint": "PyTorch checkpoint + labels",
-    "pt2": "ExportedProgram (.pt2)",
-    "torchscript": "TorchScript",
-    "onnx": "ONNX",
-}
 
 
 # ----------------------------------------------------------------------- run
@@ -239,28 +233,26 @@ def export_section() -> None:
         "verification against the PyTorch model on real images."
     )
     left, right = st.columns([1, 2], gap="medium")
-    fmt = left.selectbox(
-        "Format", list(EXPORT_FORMATS), format_func=EXPORT_FORMATS.get, key="export_fmt"
-    )
+    fmt = left.selectbox("Format", list(FORMATS), format_func=FORMAT_TITLES.get, key="export_fmt")
     if left.button("Export and verify", icon=":material/upload_file:", key="export_go"):
-        with right, st.spinner(f"Exporting to {EXPORT_FORMATS[fmt]} and checking it…"):
+        with right, st.spinner(f"Exporting to {FORMAT_TITLES[fmt]} and checking it…"):
             try:
                 export_run(folder, fmt, workspace=ws)
             except Exception as exc:  # RunError/ExportError explain themselves
                 error_box(f"The export failed: {exc}", exc)
     checks = {c.get("format"): c for c in read_export_checks(folder)}
     check = checks.get(fmt)
-    zip_path = folder.path / "export" / f"{fmt}.zip"
+    zip_path = folder.paths.export_zip(fmt)
     with right:
         if check is None:
-            st.caption(f"Not exported to {EXPORT_FORMATS[fmt]} yet.")
+            st.caption(f"Not exported to {FORMAT_TITLES[fmt]} yet.")
         elif check.get("passed"):
             st.success(check.get("message", "Verified."), icon=":material/verified:")
         else:
             st.warning(check.get("message", "Not verified."), icon=":material/warning:")
         if check is not None and zip_path.is_file():
             st.download_button(
-                f"Download {EXPORT_FORMATS[fmt]} (.zip)",
+                f"Download {FORMAT_TITLES[fmt]} (.zip)",
                 zip_path.read_bytes(),
                 file_name=f"{run.id}-{fmt}.zip",
                 mime="application/zip",
@@ -272,7 +264,7 @@ def export_section() -> None:
         table = pd.DataFrame(
             [
                 {
-                    "Format": EXPORT_FORMATS.get(f, f),
+                    "Format": FORMAT_TITLES.get(f, f),
                     "Verified": "yes" if c.get("passed") else "no",
                     "Max. difference": c.get("max_abs_diff"),
                     "Tolerance": c.get("tolerance"),

@@ -15,7 +15,7 @@ from typing import Any
 from finetune_core.data.images import IMAGE_EXTENSIONS
 from finetune_core.evaluation.evaluate import evaluate_run
 from finetune_core.evaluation.predict import predict_stream
-from finetune_core.export.exporter import FORMATS, export_run, export_summary
+from finetune_core.export import FORMATS, export_run, export_summary
 from finetune_core.models.loaded import load_run_model
 from finetune_core.reporting.report import build_report
 from finetune_core.runs import RunError, RunFolder, run_workspace

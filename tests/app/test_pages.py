@@ -607,7 +607,7 @@ def test_evaluation_page_report_download_and_verified_export(
     at = open_page("evaluation", run=run_id)
     report = next(d for d in at.download_button if d.label == "Download report")
     assert report is not None
-    assert f"Not exported to {'PyTorch checkpoint + labels'} yet." in texts(at)
+    assert "Not exported to checkpoint (state_dict) yet." in texts(at)
     at.selectbox(key="export_fmt").set_value("checkpoint")
     at.button(key="export_go").click().run()
     assert_ok(at)

@@ -204,7 +204,7 @@ def test_newcomer_journey(app_server, page, shot, tmp_path: Path) -> None:
     verified = wait_text(page, re.compile(r"^Verified: the "), timeout=120)
     assert "export matches the PyTorch model" in verified.inner_text()
     with page.expect_download() as export_download:
-        click_button(page, "Download PyTorch checkpoint + labels")
+        click_button(page, "Download checkpoint (state_dict)")
     export_path = tmp_path / "export.zip"
     export_download.value.save_as(export_path)
     with zipfile.ZipFile(export_path) as zf:

@@ -23,6 +23,8 @@ import torch
 
 from finetune_core.config import RunConfig
 from finetune_core.data import create_demo_dataset
+from finetune_core.export.bundle import BundlePaths, template_source
+from finetune_core.export.verify import SampleInputs, verify_export
 from finetune_core.jobs.manager import JobManager
 from finetune_core.models.loaded import load_run_model
 from finetune_core.models.safe_pt2 import UnsafeProgramError, check_archive
@@ -113,16 +115,23 @@ def test_every_torch_load_in_the_code_passes_weights_only_true() -> None:
     assert unsafe == []
 
 
+# The stand-alone predict.py shipped in exports cannot import the safe loader; in the app
+# it only runs inside verify_export, which checks the bundle's .pt2 archives first.
+STANDALONE = ROOT / "finetune_core" / "export" / "predict_template.py"
+
+
 def test_no_other_unpickling_loader_is_called() -> None:
     """.pt2 programs load only through the safety check; nothing else unpickles files."""
     export_loads = [
         f"{p.relative_to(ROOT)}:{n.lineno}"
         for p, n in _calls("torch.export.load")
-        if p.name != "safe_pt2.py"
+        if p.name != "safe_pt2.py" and p != STANDALONE
     ]
     assert export_loads == []
     for dotted in ("pickle.load", "pickle.loads", "torch.jit.load", "joblib.load", "dill.load"):
-        assert _calls(dotted) == [], dotted
+        assert [p for p, _ in _calls(dotted) if p != STANDALONE] == [], dotted
+    verify = ROOT / "finetune_core" / "export" / "verify.py"
+    assert [p for p, _ in _calls("check_archive") if p == verify], "verify checks .pt2 files"
     for path, node in _calls("np.load") + _calls("numpy.load"):
         assert not any(kw.arg == "allow_pickle" for kw in node.keywords), path
 
@@ -155,7 +164,7 @@ def test_planted_pickle_in_best_checkpoint_is_refused_by_evaluation_and_export(
     demo_ws, manager: JobManager, tmp_path: Path
 ) -> None:
     from finetune_core.evaluation.evaluate import evaluate_run
-    from finetune_core.export.exporter import export_run
+    from finetune_core.export import export_run
 
     ws, ds = demo_ws
     run_id = _finished_run(manager, ds.id)
@@ -337,6 +346,28 @@ def test_hostile_pt2_backbones_are_refused_before_anything_is_unpickled(
     # the untouched program still loads and runs
     backbone, dim = load_exported_backbone(good, 32)
     assert dim == 4 and backbone(torch.zeros(3, 3, 32, 32)).shape == (3, 4)
+
+
+def test_a_hostile_pt2_in_an_export_bundle_fails_verification_and_never_runs(
+    tmp_path: Path,
+) -> None:
+    """verify_export runs the bundle's predict.py here; its .pt2 is checked before loading."""
+    good = _clean_pt2(tmp_path / "good.pt2")
+    marker = tmp_path / "pwned"
+    change = _pickled_weight(marker)
+    change.config_src = good
+    bundle = BundlePaths(tmp_path / "bundle")
+    bundle.root.mkdir()
+    _rewrite(good, bundle.artefact("pt2"), change)
+    bundle.predict.write_bytes(template_source())
+    bundle.labels.write_text(json.dumps(["a", "b", "c", "d"]))
+    bundle.preprocessing.write_text(json.dumps({"image_size": 32, "mean": [0] * 3, "std": [1] * 3}))
+    bundle.model.write_text(json.dumps({"format": "pt2", "file": bundle.artefact("pt2").name}))
+    samples = SampleInputs(batch=torch.randn(2, 3, 32, 32), files=[], source="2 random images")
+    check = verify_export(bundle.root, "pt2", TinyBackbone().eval(), samples)
+    assert check["passed"] is False and "UnsafeProgramError" in check["message"]
+    assert not marker.exists()
+    prove_live(lambda: torch.export.load(str(bundle.artefact("pt2"))), marker)
 
 
 def test_a_hostile_pt2_fails_the_run_with_a_reason_and_never_runs(

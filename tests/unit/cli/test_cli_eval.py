@@ -15,7 +15,7 @@ import torch
 
 from finetune_core.cli import main as cli
 from finetune_core.data import create_demo_dataset, open_rgb
-from finetune_core.export import exporter as export_mod
+from finetune_core.export import writers
 from finetune_core.models.loaded import load_run_model
 from finetune_core.runs import RunFolder
 from finetune_core.store import RunRecord, RunStatus, Workspace
@@ -177,7 +177,7 @@ def test_export_command_fails_when_verification_fails(
 ) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(cli_run["run_dir"], run_dir, ignore=shutil.ignore_patterns("export"))
-    real = export_mod._EXPORTERS["pt2"]
+    real = writers.WRITERS["pt2"]
 
     def skewed(model, example, tmp, run) -> None:
         with torch.no_grad():
@@ -188,7 +188,7 @@ def test_export_command_fails_when_verification_fails(
             with torch.no_grad():
                 model.head[1].bias.sub_(torch.tensor([4.0, -4.0, 0.0]))
 
-    monkeypatch.setitem(export_mod._EXPORTERS, "pt2", skewed)
+    monkeypatch.setitem(writers.WRITERS, "pt2", skewed)
     assert cli.main(["export", str(run_dir), "--format", "pt2", "--json"]) == 3
     result = json.loads(capsys.readouterr().out)
     assert result["verified"] is False and result["max_abs_diff"] > result["tolerance"]

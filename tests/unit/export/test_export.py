@@ -17,11 +17,10 @@ import torch
 import torchvision
 
 from finetune_core.config import RunConfig
-from finetune_core.data import create_demo_dataset, open_rgb
+from finetune_core.data import open_rgb
 from finetune_core.data.augment import normalize
 from finetune_core.data.cache import to_uint8_chw
-from finetune_core.export import exporter as export_mod
-from finetune_core.export.exporter import (
+from finetune_core.export import (
     FORMATS,
     ONNX_HINT,
     TOLERANCE,
@@ -29,42 +28,14 @@ from finetune_core.export.exporter import (
     export_run,
     read_export_checks,
     torchvision_state_dict,
+    writers,
 )
 from finetune_core.jobs.manager import JobManager
 from finetune_core.models.backbone import ZOO, family_of
 from finetune_core.models.classifier import build_classifier
 from finetune_core.models.loaded import load_run_model
 from finetune_core.runs import RunError, RunFolder
-from finetune_core.store import RunRecord, RunStatus, Workspace, new_id
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One resnet18 run trained for real on the demo dataset, shared by the module."""
-    ws = Workspace(tmp_path_factory.mktemp("ws"))
-    dataset = create_demo_dataset(ws, per_class=12, size=40)
-    manager = JobManager(ws)
-    try:
-        run_id = manager.submit(
-            RunConfig(
-                dataset=dataset.id,
-                name="shapes probe",
-                model="resnet18",
-                weights="none",
-                strategy="probe",
-                epochs=3,
-                image_size=32,
-                batch_size=16,
-                lr=1e-2,
-                channels_last=False,
-                mixed_precision="off",
-            )
-        )
-        assert manager.wait(run_id, timeout=300) == RunStatus.SUCCEEDED
-    finally:
-        manager.shutdown()
-    run = RunFolder(ws.run_dir(run_id))
-    return {"ws": ws, "dataset": dataset, "run": run, "loaded": load_run_model(run)}
+from finetune_core.store import RunRecord, RunStatus, new_id
 
 
 def val_batch(trained: dict[str, Any]) -> tuple[list[Path], torch.Tensor]:
@@ -274,8 +245,8 @@ def test_failed_run_and_run_without_checkpoint_are_refused(trained) -> None:
 def test_unknown_format_and_missing_onnx_packages(trained, monkeypatch) -> None:
     with pytest.raises(ExportError, match="choose one of checkpoint, pt2, torchscript, onnx"):
         export_run(trained["run"], "tflite")
-    real = export_mod._importable
-    monkeypatch.setattr(export_mod, "_importable", lambda m: m != "onnxruntime" and real(m))
+    real = writers.importable
+    monkeypatch.setattr(writers, "importable", lambda m: m != "onnxruntime" and real(m))
     with pytest.raises(ExportError) as info:
         export_run(trained["run"], "onnx")
     assert "onnxruntime" in str(info.value) and ONNX_HINT in str(info.value)
@@ -300,7 +271,7 @@ def test_a_failed_verification_is_reported_with_numbers(trained, monkeypatch) ->
     run = copy_run(trained, RunStatus.SUCCEEDED)
     first = export_run(run, "checkpoint")
     assert first.verified
-    real = export_mod._EXPORTERS["checkpoint"]
+    real = writers.WRITERS["checkpoint"]
 
     def corrupted(model, example, tmp, run_folder) -> None:
         real(model, example, tmp, run_folder)
@@ -308,7 +279,7 @@ def test_a_failed_verification_is_reported_with_numbers(trained, monkeypatch) ->
         state["fc.bias"] = state["fc.bias"] + torch.tensor([3.0, 0.0, -3.0])
         torch.save(state, tmp / "weights.pt")
 
-    monkeypatch.setitem(export_mod._EXPORTERS, "checkpoint", corrupted)
+    monkeypatch.setitem(writers.WRITERS, "checkpoint", corrupted)
     result = export_run(run, "checkpoint")
     assert not result.verified and result.path is not None
     assert result.max_abs_diff > TOLERANCE
