@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
 
-.PHONY: run test lint format bench screenshots clean
+.PHONY: run test test-fast lint format bench screenshots clean
 
 $(VENV)/.installed-run: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,10 @@ run: $(VENV)/.installed-run
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest
+
+# The loop while working: everything that trains no model and drives no browser.
+test-fast: $(VENV)/.installed-dev
+	$(PY) -m pytest -m "not slow and not e2e"
 
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check .

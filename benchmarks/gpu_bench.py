@@ -32,7 +32,7 @@ from finetune_core.config import RunConfig  # noqa: E402
 from finetune_core.data import ingest, make_demo_folder  # noqa: E402
 from finetune_core.data.augment import augment_normalized  # noqa: E402
 from finetune_core.store import Workspace  # noqa: E402
-from finetune_core.training.callbacks import Callback  # noqa: E402
+from finetune_core.training.events import Callback  # noqa: E402
 from finetune_core.training.trainer import Trainer  # noqa: E402
 
 DEVICE = "cuda"
@@ -50,8 +50,8 @@ class Clock(Callback):
         self.stop, self.warm, self.batches = stop, warm_epochs, batches
         self.marks: list[float] = []
 
-    def on_batch_end(self, trainer, logs):
-        if logs["epoch"] > self.warm:
+    def after_batch(self, trainer):
+        if trainer.phase.trains and trainer.epoch > self.warm:
             sync()
             self.marks.append(time.perf_counter())
             if len(self.marks) > self.batches:

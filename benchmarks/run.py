@@ -39,6 +39,7 @@ from finetune_core.data import ingest, load_dataset, make_demo_folder
 from finetune_core.device import device_info
 from finetune_core.jobs.manager import JobManager
 from finetune_core.store import Workspace
+from finetune_core.training.events import Callback
 from finetune_core.training.trainer import Trainer
 
 HERE = Path(__file__).resolve().parent
@@ -198,11 +199,9 @@ def _ours_full_images_per_second(
     stop = threading.Event()
     marks: list[float] = []
 
-    from finetune_core.training.callbacks import Callback
-
     class Clock(Callback):
-        def on_batch_end(self, trainer, logs):
-            if logs["epoch"] >= 1:
+        def after_batch(self, trainer):
+            if trainer.phase.trains:
                 marks.append(time.perf_counter())
                 if len(marks) > size.ft_batches:
                     stop.set()

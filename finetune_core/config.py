@@ -20,7 +20,11 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 AUGMENTATIONS = ("none", "light", "standard", "strong")
 PRECISIONS = ("auto", "bf16", "fp16", "off")
 CLASS_BALANCE = ("none", "weighted_loss", "balanced_sampler")
-ES_METRICS = ("val_loss", "val_accuracy")
+BEST_METRICS = ("val_accuracy", "val_loss")  # THE "best": the checkpoint kept, early stopping
+
+
+# Renamed fields: configs saved by earlier versions still load.
+LEGACY_KEYS = {"es_metric": "best_metric"}
 
 
 class ConfigError(ValueError):
@@ -58,7 +62,7 @@ class RunConfig:
     channels_last: bool = True
     grad_clip: float = 0.0  # 0 = off
     early_stopping: bool = True
-    es_metric: str = "val_loss"
+    best_metric: str = "val_accuracy"  # the best epoch (kept checkpoint, early stopping)
     es_patience: int = 3
     es_min_delta: float = 0.0
     seed: int = 0
@@ -97,7 +101,7 @@ class RunConfig:
         choice("augmentation", AUGMENTATIONS)
         choice("mixed_precision", PRECISIONS)
         choice("class_balance", CLASS_BALANCE)
-        choice("es_metric", ES_METRICS)
+        choice("best_metric", BEST_METRICS)
         if not self.dataset:
             out.append(("dataset", "Choose a dataset."))
         if not self.model:
@@ -213,6 +217,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         known = {f.name: f for f in fields(cls)}
+        data = {LEGACY_KEYS.get(k, k): v for k, v in data.items()}
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ConfigError(f"Unknown config keys: {', '.join(unknown)}.")

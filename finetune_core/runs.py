@@ -4,7 +4,7 @@ its summary (``metrics.json``) and epoch history (``metrics.jsonl``).
 Layout (``RunPaths``): ``config.json`` (RunConfig), ``run.json`` (environment, dataset,
 CLI command), ``metrics.jsonl`` (one line per epoch), ``metrics.json`` (summary, with
 ``status``), ``checkpoints/best.pt`` and ``last.pt``, optionally ``backbone.pt2``;
-torchrun runs add ``progress.json``, ``launch.log`` and ``errors/``; evaluation adds
+torchrun runs add ``progress.json``, ``launch.log`` and ``rank-errors/``; evaluation adds
 ``eval.json``, ``predictions.csv``, ``report.html`` and ``export/``. The dashboard's
 runs live in the workspace; CLI runs may live anywhere. Everything else asks this module.
 """
@@ -73,7 +73,8 @@ class RunPaths:
 
     @property
     def errors(self) -> Path:
-        return self.root / "errors"
+        """One file per failed torchrun rank."""
+        return self.root / "rank-errors"
 
     def rank_error(self, rank: int) -> Path:
         return self.errors / f"rank-{rank}.json"

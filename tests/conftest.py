@@ -1,12 +1,19 @@
-"""Shared fixtures: a fresh workspace per test."""
+"""Shared fixtures (a fresh workspace per test) and the rule that keeps ``make test-fast``
+fast: a test not marked ``slow`` must not train a model (``Trainer.fit`` fails it)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from finetune_core.store import Workspace
+from finetune_core.training.trainer import Trainer
+
+TRAINS = "{} trains a model (Trainer.fit): mark it @pytest.mark.slow so make test-fast stays fast"
 
 
 @pytest.fixture
@@ -14,3 +21,39 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     root = tmp_path / "ws"
     monkeypatch.setenv("FINETUNE_WORKSPACE", str(root))
     return Workspace(root)
+
+
+@contextlib.contextmanager
+def _no_training(item: pytest.Item) -> Iterator[list[str]]:
+    """While a non-slow test (or its fixtures) runs, ``Trainer.fit`` records and raises."""
+    seen: list[str] = []
+    if item.get_closest_marker("slow") is not None:
+        yield seen
+        return
+    original = Trainer.fit
+
+    def refuse(self: Trainer) -> Any:
+        seen.append(item.nodeid)
+        raise RuntimeError(TRAINS.format(item.nodeid))
+
+    Trainer.fit = refuse  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        Trainer.fit = original  # type: ignore[method-assign]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _no_training(item) as seen:
+        outcome = yield
+    if seen:
+        outcome.force_exception(pytest.fail.Exception(TRAINS.format(item.nodeid)))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _no_training(item) as seen:
+        outcome = yield
+    if seen:  # even where the test caught the error (a job thread marks the run FAILED)
+        outcome.force_exception(pytest.fail.Exception(TRAINS.format(item.nodeid)))

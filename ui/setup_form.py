@@ -16,8 +16,8 @@ import streamlit as st
 
 from finetune_core.config import (
     AUGMENTATIONS,
+    BEST_METRICS,
     CLASS_BALANCE,
-    ES_METRICS,
     OPTIMIZERS,
     PRECISIONS,
     SCHEDULES,
@@ -25,8 +25,8 @@ from finetune_core.config import (
     RunConfig,
 )
 from finetune_core.data.uploads import save_weights_upload
+from finetune_core.jobs import launcher
 from finetune_core.presets import PRESETS_BY_KEY, preset_of
-from finetune_core.training import ddp as distributed
 from ui.components import esc
 from ui.services import public, uploads_dir
 
@@ -258,11 +258,15 @@ def optimizer_column(problems: FormProblems) -> None:
 
 def run_column(problems: FormProblems) -> None:
     """Stopping, precision and where the run executes."""
+    problems.widget(st.selectbox, "Best epoch by", "best_metric", BEST_METRICS,
+                    help="The one rule for the best epoch: the checkpoint kept and evaluated, "
+                    "and what early stopping waits to improve (accuracy ties go to the lower "
+                    "loss).")  # fmt: skip
     st.checkbox("Early stopping", **bind("early_stopping"),
-                help="Stop when the validation metric stops improving; the best epoch's "
-                "model is kept either way.")  # fmt: skip
+                help="Stop when the best epoch has not been beaten for the patience, once the "
+                "learning rate has come down from its peak; the best epoch's model is kept "
+                "either way.")  # fmt: skip
     if val("early_stopping"):
-        problems.widget(st.selectbox, "Watch", "es_metric", ES_METRICS)
         problems.widget(st.number_input, "Patience (epochs)", "es_patience", 1, 1000)
         problems.widget(st.number_input, "Minimum improvement", "es_min_delta", 0.0, 10.0,
                         step=0.001, format="%.4f")  # fmt: skip
@@ -272,9 +276,9 @@ def run_column(problems: FormProblems) -> None:
     st.checkbox("Channels-last memory format", **bind("channels_last"),
                 help="Faster convolutions on most GPUs and recent CPUs.")  # fmt: skip
     problems.widget(st.text_input, "Device", "device", help="auto, cpu, cuda, cuda:N or mps.")
-    gpus = distributed.visible_gpus()
+    gpus = launcher.visible_gpus()
     if gpus > 1:  # several GPUs: one process per GPU through torchrun + DDP
-        problems.widget(st.selectbox, "GPUs", "devices", distributed.device_count_options(gpus),
+        problems.widget(st.selectbox, "GPUs", "devices", launcher.device_count_options(gpus),
                         help=f"{gpus} GPUs are visible. More than 1 launches torchrun with one "
                         "process per GPU (DistributedDataParallel); the batch size is the "
                         "global batch.")  # fmt: skip

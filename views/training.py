@@ -22,7 +22,7 @@ from finetune_core.device import device_info
 from finetune_core.jobs.manager import JobError
 from finetune_core.reporting import charts
 from finetune_core.store import RunRecord, RunStatus, StoreError
-from finetune_core.training.callbacks import Progress
+from finetune_core.training.progress import Progress
 from ui.components import (
     Metric,
     error_box,
@@ -72,17 +72,6 @@ def progress_text(snap: Progress) -> str:
     return " · ".join(parts)
 
 
-def eta(snap: Progress) -> float | None:
-    """The trainer's ETA within an epoch; at an epoch's first step (where it has no steps
-    to time yet) the average pace so far."""
-    if snap.step and snap.eta_seconds is not None:
-        return snap.eta_seconds
-    fraction = snap.fraction
-    if fraction > 0.02 and snap.elapsed_seconds:
-        return snap.elapsed_seconds * (1 - fraction) / fraction
-    return snap.eta_seconds
-
-
 def live_numbers(snap: Progress, record: RunRecord, active: bool) -> None:
     best = (
         f"{snap.best_epoch} ({fmt_pct(snap.best_metric)})" if snap.best_epoch is not None else "–"
@@ -105,7 +94,7 @@ def live_numbers(snap: Progress, record: RunRecord, active: bool) -> None:
     memory_label = "GPU memory" if on_gpu(record) else "Process memory"
     metric_row(
         [
-            Metric("ETA", fmt_duration(eta(snap)), help="Time left for all epochs."),
+            Metric("ETA", fmt_duration(snap.eta_seconds), help="Time left for all epochs."),
             Metric("Elapsed", fmt_duration(snap.elapsed_seconds)),
             Metric(
                 "Images / s",

@@ -128,7 +128,7 @@ def run_eval(args: argparse.Namespace) -> int:
             f"{split:6} {m['images']:>6} {_pct(m['accuracy']):>9} "
             f"{_pct(m['balanced_accuracy']):>9} {_pct(m['macro_f1']):>9} {_pct(m['ece']):>7}"
         )
-    print(f"eval: {run.path / 'eval.json'}")
+    print(f"eval: {run.paths.evaluation}")
     print(f"report: {report}")
     return 0
 
@@ -180,8 +180,8 @@ def run_predict(args: argparse.Namespace) -> int:
         )
         if not args.json:
             print(path + "".join(f"\t{lab}\t{p:.4f}" for lab, p in top))
-    for path, error in errors:
-        print(f"{path}\terror: {error}", file=sys.stderr)
+    for bad_path, error in errors:
+        print(f"{bad_path}\terror: {error}", file=sys.stderr)
     if args.json:
         failed = [{"path": str(p), "error": e} for p, e in errors]
         print(json.dumps({"predictions": results, "errors": failed}, indent=2))

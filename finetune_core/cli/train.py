@@ -8,21 +8,20 @@ import json
 import sys
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from finetune_core import runs
 from finetune_core.config import ConfigError, RunConfig
 from finetune_core.data import DatasetNotFound, IngestError, ingest, load_dataset
-from finetune_core.fsutil import atomic_write_json
+from finetune_core.jobs import launcher
 from finetune_core.jobs.manager import write_run_info
 from finetune_core.models.classifier import WeightsError, list_architectures
+from finetune_core.runs import RunPaths
 from finetune_core.store import Workspace
-from finetune_core.training import ddp as distributed
-from finetune_core.training.callbacks import ConsoleProgress, MetricsLogger
+from finetune_core.training import ddp
+from finetune_core.training.callbacks import ConsoleProgress
 from finetune_core.training.trainer import Trainer, TrainingError
-
-if TYPE_CHECKING:
-    from finetune_core.training.ddp import DistContext
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Start from --config (or the run folder's config when resuming), then apply flags."""
     base = RunConfig()
-    source = args.config or (args.out / "config.json" if args.resume else None)
+    source = args.config or (RunPaths(args.out).config if args.resume else None)
     if source is not None:
         base = RunConfig.load(source)
     changes: dict[str, object] = {}
@@ -122,8 +121,8 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    if distributed.is_multi_process(config) and not distributed.under_torchrun():
-        return distributed.launch_from_cli(
+    if launcher.is_multi_process(config) and not ddp.under_torchrun():
+        return launcher.launch_from_cli(
             config,
             args.out,
             workspace=Path(args.workspace) if args.workspace else None,
@@ -132,39 +131,38 @@ def run_train(args: argparse.Namespace) -> int:
             rdzv_id=args.rdzv_id,
         )
     try:
-        ctx = distributed.setup(config)  # SINGLE outside torchrun
+        ctx = ddp.setup(config)  # SINGLE outside torchrun
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        with distributed.errors_recorded(ctx, args.out):  # a rank's error, for the launcher
+        with ddp.errors_recorded(ctx, args.out):  # a rank's error, for the launcher
             return _train(args, config, ctx)
     finally:
-        distributed.teardown(ctx)
+        ddp.teardown(ctx)
 
 
-def _train(args: argparse.Namespace, config: RunConfig, ctx: DistContext) -> int:
+def _train(args: argparse.Namespace, config: RunConfig, ctx: ddp.DistContext) -> int:
     """Train in this process: the whole run, or this rank's part under torchrun."""
 
     workspace = Workspace(args.workspace)
     try:
         # rank 0 resolves (and maybe ingests) the dataset; the other ranks load it by id
         dataset = _resolve_dataset(workspace, config.dataset) if ctx.is_main else None
-        dataset_id = distributed.broadcast_object(dataset.id if dataset else None, ctx)
+        dataset_id = ddp.broadcast_object(dataset.id if dataset else None, ctx)
         dataset = dataset or _resolve_dataset(workspace, dataset_id)
     except SystemExit as exc:
         print(exc, file=sys.stderr)
         if ctx.enabled:
-            distributed.record_error(ctx, args.out, exc)
+            ddp.record_error(ctx, args.out, exc)
         return 2
     config = config.replace(dataset=dataset.id)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if ctx.is_main:
-        config.save(out / "config.json")
+        runs.save_config(RunPaths(out), config)
         write_run_info(out, config, dataset, workspace)
-    callbacks = [MetricsLogger(out / "metrics.jsonl")] if ctx.is_main else []
-    callbacks += distributed.rank_callbacks(ctx, out)
+    callbacks = ddp.rank_callbacks(ctx, out)
     if not args.quiet and ctx.is_main:
         callbacks.append(ConsoleProgress())
     stop = threading.Event()
@@ -178,9 +176,9 @@ def _train(args: argparse.Namespace, config: RunConfig, ctx: DistContext) -> int
         resume=args.resume,
     )
     started = time.monotonic()
-    signals = distributed.stop_on_signals(stop) if ctx.enabled else contextlib.nullcontext()
+    signals = ddp.stop_on_signals(stop) if ctx.enabled else contextlib.nullcontext()
     try:
-        with signals, distributed.errors_recorded(ctx, out):
+        with signals, ddp.errors_recorded(ctx, out):
             result = trainer.fit()
     except KeyboardInterrupt:
         print(
@@ -193,11 +191,7 @@ def _train(args: argparse.Namespace, config: RunConfig, ctx: DistContext) -> int
         return 1
     if not ctx.is_main:
         return 0
-    summary = json.loads((out / "metrics.json").read_text())
-    summary["status"] = result.status
-    summary["wall_seconds"] = round(time.monotonic() - started, 3)
-
-    atomic_write_json(out / "metrics.json", summary)
+    runs.update_summary(RunPaths(out), wall_seconds=round(time.monotonic() - started, 3))
     va = result.best_val_accuracy
     print(
         f"{result.status}: best epoch {result.best_epoch}, val accuracy {va:.4f}"
@@ -212,8 +206,6 @@ def run_models(args: argparse.Namespace) -> int:
 
     infos = list_architectures()
     if args.json:
-        from dataclasses import asdict
-
         print(json.dumps([asdict(i) for i in infos], indent=2))
         return 0
     print(f"{'model':22} {'params':>8} {'input':>6} {'top-1':>6} {'GFLOPS':>7} cached")

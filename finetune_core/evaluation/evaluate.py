@@ -47,7 +47,7 @@ def evaluate_run(
         raise RunError(
             "The dataset's classes changed since this run trained; evaluate a new run instead."
         )
-    cache = Path(cache_dir) if cache_dir else run.path / ".cache"
+    cache = Path(cache_dir) if cache_dir else run.paths.cache
     result: dict[str, Any] = {
         "run_id": run.id,
         "created_at": utc_now(),
@@ -85,8 +85,8 @@ def evaluate_run(
             )
     if not result["splits"]:
         raise RunError("The dataset has no validation or test images to evaluate on.")
-    atomic_write_text(run.path / "predictions.csv", _csv(loaded.class_names, rows))
-    atomic_write_json(run.path / "eval.json", result)
+    atomic_write_text(run.paths.predictions, _csv(loaded.class_names, rows))
+    atomic_write_json(run.paths.evaluation, result)
     return result
 
 
@@ -101,8 +101,8 @@ def _csv(class_names: list[str], rows: list[list[Any]]) -> str:
 
 
 def read_predictions(run: RunFolder) -> list[dict[str, Any]]:
-    """Rows of predictions.csv with probabilities as floats."""
-    path = run.path / "predictions.csv"
+    """The evaluation's per-image predictions, with probabilities as floats."""
+    path = run.paths.predictions
     if not path.exists():
         return []
     with path.open(encoding="utf-8", newline="") as handle:

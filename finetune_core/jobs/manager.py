@@ -21,18 +21,12 @@ from finetune_core import runs
 from finetune_core.config import ConfigError, RunConfig
 from finetune_core.data import DatasetNotFound, load_dataset
 from finetune_core.device import device_info
-from finetune_core.fsutil import atomic_write_json, read_json
+from finetune_core.jobs import launcher
+from finetune_core.jobs.launcher import MULTI_NODE_FROM_CLI
 from finetune_core.runs import RunPaths
 from finetune_core.store import RunRecord, RunStatus, StoreError, Workspace, new_id, utc_now
-from finetune_core.training import ddp as distributed
-from finetune_core.training.callbacks import (
-    Callback,
-    LiveState,
-    MetricsLogger,
-    Progress,
-    ProgressReporter,
-)
-from finetune_core.training.ddp import MULTI_NODE_FROM_CLI
+from finetune_core.training.events import Callback
+from finetune_core.training.progress import LiveState, Progress, ProgressReporter
 from finetune_core.training.trainer import Trainer
 
 PostRunHook = Callable[[Workspace, str], None]
@@ -132,7 +126,7 @@ class JobManager:
                 notes=config.notes,
             )
         )
-        config.save(self.workspace.run_dir(run_id) / "config.json")
+        runs.save_config(RunPaths(self.workspace.run_dir(run_id)), config)
         self._enqueue(run_id, resume=False)
         return run_id
 
@@ -141,7 +135,7 @@ class JobManager:
         an out-of-memory at the smallest batch) can continue from their last checkpoint."""
         if run.status in RunStatus.RESUMABLE:
             return True
-        last = self.workspace.run_dir(run.id) / "checkpoints" / "last.pt"
+        last = RunPaths(self.workspace.run_dir(run.id)).checkpoint("last")
         return run.status == RunStatus.FAILED and last.exists()
 
     def resume(self, run_id: str) -> None:
@@ -278,7 +272,7 @@ class JobManager:
             config = RunConfig.from_dict(run.config)
             dataset = load_dataset(ws, config.dataset)
             run_dir = ws.run_dir(run_id)
-            if distributed.is_multi_process(config):
+            if launcher.is_multi_process(config):
                 write_run_info(run_dir, config, dataset)
                 result = self._execute_distributed(job, config, run_dir)
             else:
@@ -324,7 +318,6 @@ class JobManager:
 
         ws, run_id = self.workspace, job.run_id
         callbacks: list[Callback] = [
-            MetricsLogger(run_dir / "metrics.jsonl"),
             ProgressReporter(job.state),
             _StoreEpochs(ws, run_id),
         ]
@@ -357,12 +350,12 @@ class JobManager:
                     best_val_accuracy=progress.best_metric,
                 )
 
-        launched = distributed.launch(
+        launched = launcher.launch(
             run_dir, config, workspace=self.workspace.root, resume=job.resume
         )
         job.state.log(f"launched torchrun: {launched.nproc} processes (pid {launched.pid})")
-        relay = distributed.ProgressRelay(job.state, on_epoch=store_epochs)
-        return distributed.supervise(launched, job.stop, relay)
+        relay = launcher.ProgressRelay(job.state, on_epoch=store_epochs)
+        return launcher.supervise(launched, job.stop, relay)
 
 
 class _StoreEpochs(Callback):
@@ -371,7 +364,7 @@ class _StoreEpochs(Callback):
     def __init__(self, workspace: Workspace, run_id: str) -> None:
         self.workspace, self.run_id = workspace, run_id
 
-    def on_epoch_end(self, trainer: Any, logs: dict[str, Any]) -> None:
+    def after_epoch(self, trainer: Any) -> None:
         with contextlib.suppress(StoreError):  # the run was deleted meanwhile
             self.workspace.update_run(
                 self.run_id,
@@ -396,7 +389,7 @@ def _describe(exc: BaseException) -> str:
 def write_run_info(
     run_dir: Path, config: RunConfig, dataset: Any, workspace: Workspace | None = None
 ) -> None:
-    """run.json: environment, dataset fingerprint and the equivalent CLI command.
+    """The run's info file: environment, dataset fingerprint and the equivalent CLI command.
 
     ``workspace`` is recorded for run folders outside the workspace (CLI runs), so
     evaluation can find the dataset again.
@@ -407,8 +400,8 @@ def write_run_info(
     import torchvision
 
     info = device_info()
-    atomic_write_json(
-        Path(run_dir) / "run.json",
+    runs.write_info(
+        RunPaths(run_dir),
         {
             "run_id": Path(run_dir).name,
             "workspace": str(workspace.root) if workspace is not None else None,
@@ -467,9 +460,9 @@ def cli_command(config: RunConfig) -> str:
 
 
 def progress_from_files(workspace: Workspace, run: RunRecord) -> Progress:
-    """Progress of a finished (or dead) run, rebuilt from metrics.jsonl and the runs table."""
+    """Progress of a finished (or dead) run, rebuilt from its history and the runs table."""
     history = read_history(workspace, run.id)
-    summary = read_json(workspace.run_dir(run.id) / "metrics.json", {}) or {}
+    summary = runs.read_summary(RunPaths(workspace.run_dir(run.id)))
     config = run.config or {}
     return Progress(
         status=run.status,

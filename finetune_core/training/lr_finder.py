@@ -1,8 +1,10 @@
-"""Learning-rate finder: an exponential sweep of the rate over a few mini-batches.
+"""Learning-rate finder: an exponential sweep of the rate, as a callback on the loop.
 
-The model trains what the run's first phase trains (the head for probe and
-fine-tune, as fastai's lr_find does on a frozen learner; everything for full);
-the loss curve is smoothed and the suggestion is the rate of steepest descent.
+The sweep trains what the run's first training phase trains (the head on cached
+features for the probe; the head for fine-tune, as fastai's lr_find does on a frozen
+learner; everything for full) with the rate rising from ``start_lr`` to ``end_lr`` over
+``num_steps`` batches; the loss curve is smoothed and the suggestion is the rate of
+steepest descent. Nothing is written to a run folder (``Trainer(persist=False)``).
 """
 
 from __future__ import annotations
@@ -14,14 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-
-from finetune_core import device as devices
 from finetune_core.config import RunConfig
-from finetune_core.data.augment import augment_normalized
-from finetune_core.training.schedules import build_optimizer
+from finetune_core.training.events import Callback, StopTraining
 from finetune_core.training.trainer import Trainer
+
+SMOOTHING = 0.9
 
 
 @dataclass
@@ -47,6 +46,49 @@ def suggest_lr(lrs: list[float], losses: list[float]) -> float | None:
     return lrs[best]
 
 
+class LRSweep(Callback):
+    """Sets an exponentially rising rate before each training batch and records the
+    smoothed loss after it; stops when the sweep is done or the loss blows up."""
+
+    order = 60
+
+    def __init__(
+        self,
+        start_lr: float,
+        end_lr: float,
+        num_steps: int,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.start_lr, self.num_steps, self.progress = start_lr, num_steps, progress
+        self.gamma = (end_lr / start_lr) ** (1 / max(1, num_steps - 1))
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self._avg, self._best = 0.0, math.inf
+
+    def before_batch(self, trainer: Any) -> None:
+        if not trainer.phase.trains:
+            return
+        trainer.lr = self.start_lr * self.gamma ** len(self.lrs)
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = trainer.lr
+
+    def after_batch(self, trainer: Any) -> None:
+        if not trainer.phase.trains:
+            return
+        value = float(trainer.loss.detach())
+        if not math.isfinite(value):
+            raise StopTraining("the loss blew up")
+        self._avg = SMOOTHING * self._avg + (1 - SMOOTHING) * value
+        smooth = self._avg / (1 - SMOOTHING ** (len(self.lrs) + 1))
+        self.lrs.append(trainer.lr)
+        self.losses.append(smooth)
+        self._best = min(self._best, smooth)
+        if self.progress:
+            self.progress(len(self.lrs), self.num_steps)
+        if len(self.lrs) >= self.num_steps or smooth > 4 * self._best:
+            raise StopTraining("the sweep is complete")
+
+
 def find_lr(
     config: RunConfig,
     dataset: Any,
@@ -59,57 +101,23 @@ def find_lr(
     stop_event: threading.Event | None = None,
 ) -> LRFinderResult:
     """Sweep the learning rate from ``start_lr`` to ``end_lr``; leaves no files but caches."""
-
-    probe = Trainer(config, dataset, Path(cache_dir) / "lr_finder", cache_dir)
-    probe.run_dir.mkdir(parents=True, exist_ok=True)
-    probe._setup()
-    probe._load_data()
-    probe.batch_size = probe._initial_batch_size()
-    cfg, dev = probe.cfg, probe.device
-    first = probe._phases()[0]
-    probe._set_trainable(first.trainable)
-    params = [probe.groups[i] for i in first.trainable]
-    opt = build_optimizer(cfg, params, [start_lr] * len(params))
-    gamma = (end_lr / start_lr) ** (1 / max(1, num_steps - 1))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    labels = probe.train_data.labels
-    n = len(labels)
-    lrs: list[float] = []
-    smoothed: list[float] = []
-    avg, beta, best = 0.0, 0.9, math.inf
-    probe._train_mode()
-    for step in range(num_steps):
-        lr = start_lr * gamma**step
-        for group in opt.param_groups:
-            group["lr"] = lr
-        idx = torch.randint(0, n, (min(probe.batch_size, n),), generator=gen)
-        xb = augment_normalized(
-            probe.train_data.take(idx).to(dev), cfg.augmentation, probe.mean, probe.std, gen
-        )
-        yb = labels[idx].to(dev)
-        with devices.autocast(dev, probe.amp_dtype):
-            out = probe.model(xb)
-        loss = F.cross_entropy(out.float(), yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            break
-        avg = beta * avg + (1 - beta) * value
-        smooth = avg / (1 - beta ** (step + 1))
-        lrs.append(lr)
-        smoothed.append(smooth)
-        best = min(best, smooth)
-        if progress:
-            progress(step + 1, num_steps)
-        if smooth > 4 * best or (stop_event is not None and stop_event.is_set()):
-            break
-    suggested = suggest_lr(lrs, smoothed)
+    sweep = LRSweep(start_lr, end_lr, num_steps, progress)
+    # Enough epochs of the first phase for the sweep, whatever the dataset's size.
+    first = config.freeze_epochs if config.strategy == "finetune" and config.freeze_epochs else 0
+    sweep_config = config.replace(
+        epochs=10_000, freeze_epochs=10_000 if first else 0, early_stopping=False
+    )
+    run_dir = Path(cache_dir) / "lr_finder"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    Trainer(
+        sweep_config, dataset, run_dir, cache_dir, callbacks=[sweep], stop_event=stop_event,
+        persist=False,
+    ).fit()  # fmt: skip
+    suggested = suggest_lr(sweep.lrs, sweep.losses)
     note = (
         ""
         if suggested
         else "The loss did not fall during the sweep (or it was too short), so there is no "
         "rate to suggest; keep the default."
     )
-    return LRFinderResult(lrs, smoothed, suggested, note)
+    return LRFinderResult(sweep.lrs, sweep.losses, suggested, note)

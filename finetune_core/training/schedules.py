@@ -77,3 +77,11 @@ class LRSchedule:
         for group in self.optimizer.param_groups:
             group["lr"] = group["max_lr"] * f
         return self.optimizer.param_groups[-1]["lr"]
+
+    def annealing(self, epoch: int) -> bool:
+        """At the end of ``epoch``: past the warm-up and, unless the schedule is constant,
+        down to half the peak rate (early stopping waits for this)."""
+        progress = (epoch - self.first_epoch + 1) / self.epochs
+        if progress <= self.warmup:
+            return False
+        return self.kind == "constant" or lr_factor(self.kind, progress, self.warmup) <= 0.5

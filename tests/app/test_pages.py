@@ -23,6 +23,7 @@ from streamlit.testing.v1 import AppTest
 
 from finetune_core.config import RunConfig
 from finetune_core.data import create_demo_dataset
+from finetune_core.jobs import launcher
 from finetune_core.jobs.manager import JobManager
 from finetune_core.jobs.postrun import DEFAULT_HOOKS
 from finetune_core.runs import RunFolder
@@ -348,12 +349,11 @@ def test_setup_explains_invalid_settings_inline(app_ws: Workspace) -> None:
 def test_setup_offers_several_gpus_only_when_visible(
     app_ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from finetune_core.training import ddp as distributed
 
     dataset = create_demo_dataset(app_ws, per_class=6, size=32)
     at = open_page("setup", dataset=dataset.id)
     assert not [s for s in at.selectbox if s.label == "GPUs"]
-    monkeypatch.setattr(distributed, "visible_gpus", lambda: 4)
+    monkeypatch.setattr(launcher, "visible_gpus", lambda: 4)
     at = open_page("setup", dataset=dataset.id)
     [gpus] = [s for s in at.selectbox if s.label == "GPUs"]
     assert list(gpus.options) == ["1", "2", "3", "4", "all"]
@@ -361,6 +361,7 @@ def test_setup_offers_several_gpus_only_when_visible(
     assert "--set devices=2" in at.code[-1].value
 
 
+@pytest.mark.slow
 def test_setup_start_submits_the_run_and_opens_training(app_ws: Workspace) -> None:
     dataset = create_demo_dataset(app_ws, per_class=8, size=32)
     at = open_page("setup", dataset=dataset.id)
@@ -404,6 +405,7 @@ def test_setup_start_submits_the_run_and_opens_training(app_ws: Workspace) -> No
 
 
 # --------------------------------------------------------------------- training page
+@pytest.mark.slow
 def test_training_page_live_view_stop_and_queue(app_ws: Workspace) -> None:
     dataset = create_demo_dataset(app_ws, per_class=8, size=32)
     manager = services.get_job_manager()
@@ -467,6 +469,7 @@ def test_training_page_shows_a_failed_run_with_its_traceback(app_ws: Workspace) 
 
 
 # --------------------------------------------------------------------- after a run
+@pytest.mark.slow
 def test_training_page_after_a_finished_run(trained: tuple[Workspace, str, str]) -> None:
     ws, _, run_id = trained
     at = open_page("training")
@@ -478,6 +481,7 @@ def test_training_page_after_a_finished_run(trained: tuple[Workspace, str, str])
     assert not at.progress
 
 
+@pytest.mark.slow
 def test_evaluation_page_metrics_cell_selection_and_evaluate(
     trained: tuple[Workspace, str, str],
 ) -> None:
@@ -520,6 +524,7 @@ def test_evaluation_page_metrics_cell_selection_and_evaluate(
     assert at.segmented_control(key=f"eval_split_{run_id}")
 
 
+@pytest.mark.slow
 def test_evaluation_page_most_confused_button_opens_its_cell(
     trained: tuple[Workspace, str, str],
 ) -> None:
@@ -537,6 +542,7 @@ def test_evaluation_page_most_confused_button_opens_its_cell(
                for m in at.markdown)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_predict_page_single_images_and_batch_csv(trained: tuple[Workspace, str, str]) -> None:
     ws, dataset_id, run_id = trained
     images = sorted((ws.dataset_dir(dataset_id) / "images").rglob("*.jpg"))[:3]
@@ -565,6 +571,7 @@ def test_predict_page_single_images_and_batch_csv(trained: tuple[Workspace, str,
     assert at.download_button(key="batch_download").label == "Download predictions (CSV)"
 
 
+@pytest.mark.slow
 def test_runs_page_filter_rename_rerun_and_delete(trained: tuple[Workspace, str, str]) -> None:
     ws, dataset_id, run_id = trained
     ws.add_run(RunRecord(id="r-20260101-000000-beef", name="to delete", status=RunStatus.FAILED,
@@ -598,6 +605,7 @@ def test_runs_page_filter_rename_rerun_and_delete(trained: tuple[Workspace, str,
     ws.delete_run(new_id)
 
 
+@pytest.mark.slow
 def test_evaluation_page_report_download_and_verified_export(
     trained: tuple[Workspace, str, str],
 ) -> None:

@@ -194,6 +194,7 @@ ODD_BAD = {
 }
 
 
+@pytest.mark.slow
 def test_odd_images_are_imported_decoded_and_trained_on(workspace: Workspace, tmp_path: Path):
     root = make_tree(tmp_path / "odd", {"a": 6, "b": 6})
     for i, (name, make) in enumerate(ODD_GOOD.items()):

@@ -32,7 +32,8 @@ from finetune_core.jobs.manager import JobManager, read_history
 from finetune_core.models import classifier as models
 from finetune_core.models.checkpoint import load_checkpoint, save_checkpoint
 from finetune_core.store import RunRecord, RunStatus, StoreError, Workspace
-from finetune_core.training.callbacks import Callback
+from finetune_core.training import trainer as trainer_module
+from finetune_core.training.events import Callback
 from tests.helpers.processes import claim_and_update, hold_write_lock
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +70,7 @@ def wait_until(condition: Any, timeout: float = 60.0) -> None:
 
 
 # --------------------------------------------------------------------------- 6. worker faults
+@pytest.mark.slow
 def test_a_failing_post_run_step_keeps_the_model_and_the_queue_moves(demo_ws) -> None:
     ws, ds = demo_ws
 
@@ -89,6 +91,7 @@ def test_a_failing_post_run_step_keeps_the_model_and_the_queue_moves(demo_ws) ->
         manager.shutdown()
 
 
+@pytest.mark.slow
 def test_a_dataset_deleted_while_its_run_waits_fails_that_run_only(demo_ws, manager) -> None:
     ws, ds = demo_ws
     other = create_demo_dataset(ws, per_class=6, size=32, classes=2)
@@ -110,11 +113,12 @@ class _PoisonFrom(Callback):
     def __init__(self, flag: dict[str, bool], epoch: int) -> None:
         self.flag, self.epoch = flag, epoch
 
-    def on_epoch_start(self, trainer: Any, logs: dict[str, Any]) -> None:
-        self.flag["on"] = logs.get("epoch", 0) >= self.epoch
+    def before_epoch(self, trainer: Any) -> None:
+        self.flag["on"] = trainer.epoch >= self.epoch
 
 
 @pytest.mark.parametrize("kind", ["nan", "inf"])
+@pytest.mark.slow
 def test_a_non_finite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(
     demo_ws, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
@@ -155,6 +159,7 @@ def _allocate_impossibly(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["torch CPU allocator", "numpy MemoryError"])
+@pytest.mark.slow
 def test_a_real_cpu_out_of_memory_halves_the_batch_and_the_run_succeeds(
     demo_ws, manager, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
@@ -177,6 +182,7 @@ def test_a_real_cpu_out_of_memory_halves_the_batch_and_the_run_succeeds(
     ]
 
 
+@pytest.mark.slow
 def test_out_of_memory_at_the_smallest_batch_fails_with_advice_and_the_queue_moves(
     demo_ws, manager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -196,7 +202,7 @@ def test_out_of_memory_at_the_smallest_batch_fails_with_advice_and_the_queue_mov
         model._doomed = args[1] == 3  # only the first run's model (3 classes) runs out
         return model, report
 
-    monkeypatch.setattr(models, "build_classifier", build)
+    monkeypatch.setattr(trainer_module, "build_classifier", build)  # the name the trainer calls
     other = create_demo_dataset(ws, per_class=6, size=32, classes=2)
     doomed = manager.submit(quick(ds.id, batch_size=8))
     fine = manager.submit(quick(other.id, strategy="probe"))
@@ -208,6 +214,7 @@ def test_out_of_memory_at_the_smallest_batch_fails_with_advice_and_the_queue_mov
 
 
 # --------------------------------------------------------------------------- 9. checkpoint writes
+@pytest.mark.slow
 def test_disk_full_during_a_checkpoint_write_fails_the_run_and_keeps_the_previous_one(
     demo_ws, manager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -291,6 +298,7 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_loadable(
 
 
 # --------------------------------------------------------------------------- 10. SQLite
+@pytest.mark.slow
 def test_threads_and_processes_at_once_lose_nothing_and_never_say_locked(
     workspace: Workspace,
 ) -> None:
@@ -362,6 +370,7 @@ def test_a_write_lock_held_past_every_retry_is_a_clear_message(
 
 
 # --------------------------------------------------------------------------- 12. two users
+@pytest.mark.slow
 def test_two_users_starting_at_the_same_moment_queue_one_behind_the_other(demo_ws, manager) -> None:
     ws, ds = demo_ws
     barrier = threading.Barrier(2)

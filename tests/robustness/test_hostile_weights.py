@@ -143,6 +143,7 @@ def _finished_run(manager: JobManager, dataset_id: str) -> str:
     return run_id
 
 
+@pytest.mark.slow
 def test_planted_pickle_in_last_checkpoint_fails_the_resume_and_never_runs(
     demo_ws, manager: JobManager, tmp_path: Path
 ) -> None:
@@ -160,6 +161,7 @@ def test_planted_pickle_in_last_checkpoint_fails_the_resume_and_never_runs(
     prove_live(lambda: torch.load(last, weights_only=False), marker)
 
 
+@pytest.mark.slow
 def test_planted_pickle_in_best_checkpoint_is_refused_by_evaluation_and_export(
     demo_ws, manager: JobManager, tmp_path: Path
 ) -> None:
@@ -182,6 +184,7 @@ def test_planted_pickle_in_best_checkpoint_is_refused_by_evaluation_and_export(
     prove_live(lambda: torch.load(best, weights_only=False), marker)
 
 
+@pytest.mark.slow
 def test_planted_pickle_in_the_feature_cache_is_recomputed_not_run(
     demo_ws, manager: JobManager, tmp_path: Path
 ) -> None:
@@ -198,6 +201,7 @@ def test_planted_pickle_in_the_feature_cache_is_recomputed_not_run(
     assert all(torch.load(p, weights_only=True)["features"].shape[0] > 1 for p in cached)
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_on_resume_fails_with_the_reason(demo_ws, manager: JobManager) -> None:
     ws, ds = demo_ws
     run_id = _finished_run(manager, ds.id)
@@ -210,6 +214,7 @@ def test_truncated_checkpoint_on_resume_fails_with_the_reason(demo_ws, manager: 
     assert "Traceback" in ws.get_run(run_id).traceback
 
 
+@pytest.mark.slow
 def test_uploaded_weights_with_a_payload_fail_the_run_and_never_run(
     demo_ws, manager: JobManager, tmp_path: Path
 ) -> None:
@@ -370,6 +375,7 @@ def test_a_hostile_pt2_in_an_export_bundle_fails_verification_and_never_runs(
     prove_live(lambda: torch.export.load(str(bundle.artefact("pt2"))), marker)
 
 
+@pytest.mark.slow
 def test_a_hostile_pt2_fails_the_run_with_a_reason_and_never_runs(
     demo_ws, manager: JobManager, tmp_path: Path
 ) -> None:

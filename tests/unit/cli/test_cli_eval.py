@@ -20,6 +20,8 @@ from finetune_core.models.loaded import load_run_model
 from finetune_core.runs import RunFolder
 from finetune_core.store import RunRecord, RunStatus, Workspace
 
+pytestmark = pytest.mark.slow  # every test here trains a model (or uses one trained here)
+
 ROOT = Path(__file__).resolve().parents[3]
 
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from finetune_core.data import make_demo_folder
 
 
@@ -22,6 +24,7 @@ def run_cli(*args: str, workspace: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_train_from_a_folder_writes_metrics(tmp_path: Path) -> None:
     folder = make_demo_folder(tmp_path / "shapes", classes=3, per_class=12, size=40)
     out = tmp_path / "run"
@@ -63,6 +66,7 @@ def test_train_from_a_folder_writes_metrics(tmp_path: Path) -> None:
     assert "epoch 4/4" in proc.stderr  # the progress line
 
 
+@pytest.mark.slow
 def test_bad_arguments_exit_non_zero_with_a_message(tmp_path: Path) -> None:
     folder = make_demo_folder(tmp_path / "shapes", classes=3, per_class=6, size=32)
     proc = run_cli(

@@ -122,6 +122,7 @@ def _process_writer(root: str, prefix: str, n: int) -> None:
         ws.update_run(f"{prefix}-{i}", epochs_run=i)
 
 
+@pytest.mark.slow
 def test_two_processes_write_at_once(workspace: Workspace) -> None:
     ctx = multiprocessing.get_context("spawn")
     procs = [

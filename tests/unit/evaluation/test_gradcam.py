@@ -153,6 +153,7 @@ def test_heatmap_finds_the_evidence_by_construction() -> None:
     assert _share(sal.heatmap, *top_left) > 0.8
 
 
+@pytest.mark.slow
 def test_heatmap_finds_the_evidence_after_training() -> None:
     """A small CNN learns 'a bright square means class 1'; the square is always top-left."""
     torch.manual_seed(0)

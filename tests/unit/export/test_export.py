@@ -232,6 +232,7 @@ def copy_run(trained: dict[str, Any], status: str, keep_checkpoint: bool = True)
     return RunFolder(ws.run_dir(run_id))
 
 
+@pytest.mark.slow
 def test_failed_run_and_run_without_checkpoint_are_refused(trained) -> None:
     failed = copy_run(trained, RunStatus.FAILED)
     with pytest.raises(RunError, match="FAILED"):
@@ -242,6 +243,7 @@ def test_failed_run_and_run_without_checkpoint_are_refused(trained) -> None:
     assert not (failed.path / "export").exists() and not (empty.path / "export").exists()
 
 
+@pytest.mark.slow
 def test_unknown_format_and_missing_onnx_packages(trained, monkeypatch) -> None:
     with pytest.raises(ExportError, match="choose one of checkpoint, pt2, torchscript, onnx"):
         export_run(trained["run"], "tflite")
@@ -252,6 +254,7 @@ def test_unknown_format_and_missing_onnx_packages(trained, monkeypatch) -> None:
     assert "onnxruntime" in str(info.value) and ONNX_HINT in str(info.value)
 
 
+@pytest.mark.slow
 def test_exporter_failure_is_a_result_not_a_crash(trained, monkeypatch) -> None:
     run = copy_run(trained, RunStatus.SUCCEEDED)
 
@@ -267,6 +270,7 @@ def test_exporter_failure_is_a_result_not_a_crash(trained, monkeypatch) -> None:
     assert [p.name for p in (run.path / "export").iterdir()] == []
 
 
+@pytest.mark.slow
 def test_a_failed_verification_is_reported_with_numbers(trained, monkeypatch) -> None:
     run = copy_run(trained, RunStatus.SUCCEEDED)
     first = export_run(run, "checkpoint")

@@ -18,11 +18,14 @@ import torch
 
 from finetune_core.config import RunConfig
 from finetune_core.data import create_demo_dataset
+from finetune_core.jobs import launcher
 from finetune_core.jobs.manager import JobManager
 from finetune_core.models.checkpoint import load_checkpoint
+from finetune_core.runs import RunPaths
 from finetune_core.store import RunStatus, Workspace
-from finetune_core.training import ddp as distributed
-from finetune_core.training.callbacks import LiveState
+from finetune_core.training import ddp, setup
+from finetune_core.training.phases import NetworkPhase
+from finetune_core.training.progress import LiveState, ProgressFile, read_progress
 from finetune_core.training.trainer import Trainer
 
 
@@ -117,7 +120,7 @@ def test_devices_and_nodes_are_validated_and_round_trip() -> None:
 
 
 def test_torchrun_command_is_an_argument_list(tmp_path: Path) -> None:
-    cmd = distributed.torchrun_command(tmp_path / "r1", nproc=2, workspace=tmp_path / "ws")
+    cmd = launcher.torchrun_command(tmp_path / "r1", nproc=2, workspace=tmp_path / "ws")
     assert cmd[0] == sys.executable and cmd[1] == "-c"
     tail = cmd[3:]
     assert tail[:5] == ["--nnodes", "1", "--nproc-per-node", "2", "--standalone"]
@@ -130,35 +133,35 @@ def test_torchrun_command_is_an_argument_list(tmp_path: Path) -> None:
         str(tmp_path / "r1"),
         "--quiet",
     ]
-    multi = distributed.torchrun_command(
+    multi = launcher.torchrun_command(
         tmp_path / "r1", nproc=8, nnodes=2, rdzv_endpoint="node0:29500", resume=True, quiet=False
     )
     joined = " ".join(multi)
     assert "--rdzv-backend c10d --rdzv-endpoint node0:29500 --rdzv-id r1" in joined
     assert "--standalone" not in multi and multi[-1] == "--resume"
     with pytest.raises(ValueError, match="rendezvous endpoint"):
-        distributed.torchrun_command(tmp_path / "r1", nproc=8, nnodes=2)
+        launcher.torchrun_command(tmp_path / "r1", nproc=8, nnodes=2)
 
 
 def test_single_process_helpers_are_no_ops() -> None:
-    ctx = distributed.current()
-    assert ctx == distributed.SINGLE and not ctx.enabled and ctx.is_main
-    assert distributed.agree(True, ctx) is True and distributed.agree(False, ctx) is False
-    assert distributed.all_sum([1, 2.5], ctx) == [1.0, 2.5]
-    assert distributed.broadcast_object({"a": 1}, ctx) == {"a": 1}
-    assert distributed.threads_per_rank(0, ctx) == 0
-    two = distributed.DistContext(rank=1, world_size=2, local_rank=1, local_world_size=2)
-    assert distributed.threads_per_rank(0, two) == max(1, (os.cpu_count() or 1) // 2)
-    assert distributed.threads_per_rank(3, two) == 3
-    assert distributed.device_count_options(1) == [1]
-    assert distributed.device_count_options(2) == [1, 2, "all"]
+    ctx = ddp.current()
+    assert ctx == ddp.SINGLE and not ctx.enabled and ctx.is_main
+    assert ddp.agree(True, ctx) is True and ddp.agree(False, ctx) is False
+    assert ddp.all_sum([1, 2.5], ctx) == [1.0, 2.5]
+    assert ddp.broadcast_object({"a": 1}, ctx) == {"a": 1}
+    assert ddp.threads_per_rank(0, ctx) == 0
+    two = ddp.DistContext(rank=1, world_size=2, local_rank=1, local_world_size=2)
+    assert ddp.threads_per_rank(0, two) == max(1, (os.cpu_count() or 1) // 2)
+    assert ddp.threads_per_rank(3, two) == 3
+    assert launcher.device_count_options(1) == [1]
+    assert launcher.device_count_options(2) == [1, 2, "all"]
 
 
 def test_signals_set_the_stop_event_and_handlers_are_restored() -> None:
     before = signal.getsignal(signal.SIGTERM)
     for second_ends in (False, True):
         stop = threading.Event()
-        with distributed.stop_on_signals(stop, second_ends=second_ends):
+        with ddp.stop_on_signals(stop, second_ends=second_ends):
             os.kill(os.getpid(), signal.SIGTERM)
             wait_for(stop.is_set, 5, "the stop event")
             # a rank keeps handling repeats; a launcher lets a second signal end it
@@ -169,15 +172,17 @@ def test_signals_set_the_stop_event_and_handlers_are_restored() -> None:
 def test_progress_file_round_trips_into_the_managers_live_state(demo, tmp_path: Path) -> None:
     ws, ds = demo
     trainer = Trainer(tiny(ds.id), ds, tmp_path, ws.cache_dir)
-    cb = distributed.ProgressFile(tmp_path, interval=0.0)
-    cb.on_fit_start(trainer, {})
+    cb = ProgressFile(tmp_path, interval=0.0)
+    cb.before_fit(trainer)
     cb.on_log(trainer, "model resnet18 on cpu")
-    cb.on_epoch_start(trainer, {"epoch": 1, "phase": "frozen", "steps": 5})
+    trainer.phase, trainer.epoch, trainer.steps = NetworkPhase("frozen", 1), 1, 5
+    cb.before_epoch(trainer)
     trainer.history.append({"epoch": 1, "train_loss": 1.5, "val_accuracy": 0.5})
-    trainer.best_epoch, trainer.best_val_accuracy = 1, 0.5
-    cb.on_epoch_end(trainer, {"epoch": 1, "step": 5, "steps": 5, "phase": "frozen"})
-    path = tmp_path / distributed.PROGRESS_FILE
-    progress = distributed.read_progress(path)
+    trainer.best.epoch, trainer.best.val_accuracy = 1, 0.5
+    trainer.step = 4
+    cb.after_epoch(trainer)
+    path = RunPaths(tmp_path).progress
+    progress = read_progress(path)
     assert progress is not None
     assert progress.status == "RUNNING" and progress.epochs == 3 and progress.epoch == 1
     assert progress.steps == 5 and progress.phase == "frozen"
@@ -188,7 +193,7 @@ def test_progress_file_round_trips_into_the_managers_live_state(demo, tmp_path: 
 
     state, epochs_seen = LiveState(), []
     state.update(status=RunStatus.RUNNING)
-    relay = distributed.ProgressRelay(state, on_epoch=lambda p: epochs_seen.append(len(p.history)))
+    relay = launcher.ProgressRelay(state, on_epoch=lambda p: epochs_seen.append(len(p.history)))
     relay.follow(path)
     relay.follow(path)  # unchanged file: nothing relayed twice
     snap = state.snapshot()
@@ -198,11 +203,12 @@ def test_progress_file_round_trips_into_the_managers_live_state(demo, tmp_path: 
     assert epochs_seen == [1]
     time.sleep(0.01)
     cb.on_log(trainer, "second line")
-    cb.on_fit_end(trainer, {})
+    trainer.status = "SUCCEEDED"
+    cb.after_fit(trainer)
     relay.follow(path)
     assert [line[9:] for line in state.snapshot().log] == ["model resnet18 on cpu", "second line"]
-    assert distributed.read_progress(path).status == "SUCCEEDED"
-    assert distributed.read_progress(tmp_path / "missing.json") is None
+    assert read_progress(path).status == "SUCCEEDED"
+    assert read_progress(tmp_path / "missing.json") is None
 
 
 # ---------------------------------------------------------------------- real torchrun jobs
@@ -261,12 +267,12 @@ def test_two_process_torchrun_matches_the_single_process_run(demo, tmp_path: Pat
     assert [r["epoch"] for r in ddp] == [1, 2, 3]
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["status"] == "SUCCEEDED" and summary["epochs_run"] == 3
-    assert distributed.read_progress(out / "progress.json").status == "SUCCEEDED"
+    assert read_progress(out / "progress.json").status == "SUCCEEDED"
     for name in ("best.pt", "last.pt"):
         ckpt = load_checkpoint(out / "checkpoints" / name)
         assert not any(k.startswith("module.") for k in ckpt["model_state"])  # not the DDP wrapper
         trainer = Trainer(config, ds, tmp_path / "probe", ws.cache_dir)
-        trainer._setup()
+        setup.build_model(trainer)
         trainer.model.load_state_dict(ckpt["model_state"])
     assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 3
 
@@ -309,7 +315,7 @@ def test_manager_runs_two_processes_shows_live_progress_and_stops(demo) -> None:
         assert snap.history[0]["epoch"] == 1 and snap.train_loss is not None
         assert any("launched torchrun: 2 processes" in line for line in snap.log)
         assert any("model resnet18" in line for line in snap.log)  # relayed from rank 0
-        assert (run_dir / distributed.PROGRESS_FILE).exists()
+        assert RunPaths(run_dir).progress.exists()
         assert manager.stop(run_id)
         assert manager.wait(run_id, timeout=120) == RunStatus.STOPPED
         run = ws.get_run(run_id)
@@ -322,7 +328,7 @@ def test_manager_runs_two_processes_shows_live_progress_and_stops(demo) -> None:
         assert final.status == RunStatus.STOPPED and len(final.history) == run.epochs_run
         # the ranks stopped gracefully: rank 0 finished the batch and wrote its summary
         assert json.loads((run_dir / "metrics.json").read_text())["status"] == "STOPPED"
-        rank0 = distributed.read_progress(run_dir / distributed.PROGRESS_FILE)
+        rank0 = read_progress(RunPaths(run_dir).progress)
         assert rank0.status == "STOPPED"
         assert any("stop requested: ending after this batch" in line for line in rank0.log)
         assert_nothing_left_behind()
@@ -335,7 +341,7 @@ def test_manager_runs_two_processes_shows_live_progress_and_stops(demo) -> None:
         assert [r["epoch"] for r in metrics_rows(run_dir)] == list(range(1, 7))
         assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 6
         assert f"resumed from epoch {stopped_after} checkpoint" in " ".join(
-            distributed.read_progress(run_dir / distributed.PROGRESS_FILE).log
+            read_progress(RunPaths(run_dir).progress).log
         )
         assert_nothing_left_behind()
     finally:
@@ -345,17 +351,15 @@ def test_manager_runs_two_processes_shows_live_progress_and_stops(demo) -> None:
 @pytest.mark.slow
 def test_a_failing_rank_fails_the_run_with_its_error(demo, monkeypatch) -> None:
     ws, ds = demo
-    monkeypatch.setenv(distributed.FAIL_RANK_ENV, "1")
+    monkeypatch.setenv(ddp.FAIL_RANK_ENV, "1")
     manager = JobManager(ws)
     try:
         run_id = manager.submit(tiny(ds.id, devices=2, epochs=30))
         assert manager.wait(run_id, timeout=180) == RunStatus.FAILED
         run = ws.get_run(run_id)
-        assert (
-            run.error == f"rank 1 failed: injected failure on rank 1 ({distributed.FAIL_RANK_ENV})"
-        )
+        assert run.error == f"rank 1 failed: injected failure on rank 1 ({ddp.FAIL_RANK_ENV})"
         # the rank's own traceback, then torchrun's report
-        assert "in on_batch_end" in run.traceback and "torchrun output" in run.traceback
+        assert "in after_batch" in run.traceback and "torchrun output" in run.traceback
         assert run.epochs_run == 0
         snap = manager.snapshot(run_id)  # what the pages show
         assert snap.status == RunStatus.FAILED and snap.log[-1] == run.error
@@ -377,8 +381,8 @@ def test_single_process_default_runs_in_the_worker_thread(demo) -> None:
         assert manager.wait(run_id, timeout=5) == RunStatus.SUCCEEDED
         assert children == []  # no subprocess: the Trainer ran in the worker thread
         run_dir = ws.run_dir(run_id)
-        assert not (run_dir / distributed.PROGRESS_FILE).exists()
-        assert not (run_dir / distributed.LAUNCH_LOG).exists()
+        assert not RunPaths(run_dir).progress.exists()
+        assert not RunPaths(run_dir).launch_log.exists()
         assert len(metrics_rows(run_dir)) == 2
     finally:
         manager.shutdown()
@@ -413,7 +417,7 @@ def test_cli_launches_torchrun_itself_and_ctrl_c_stops_every_rank(demo, tmp_path
     try:
 
         def first_epoch() -> bool:
-            progress = distributed.read_progress(out / distributed.PROGRESS_FILE)
+            progress = read_progress(RunPaths(out).progress)
             return progress is not None and len(progress.history) >= 1
 
         wait_for(first_epoch, 180, "the first epoch")
@@ -438,9 +442,9 @@ def test_ranks_end_with_torchrun_even_when_it_is_killed(demo) -> None:
     run_dir = ws.run_dir("orphan-check")
     config = tiny(ds.id, devices=2, epochs=30)
     config.save(run_dir / "config.json")
-    run = distributed.launch(run_dir, config, workspace=ws.root)
+    run = launcher.launch(run_dir, config, workspace=ws.root)
     try:
-        wait_for(lambda: (run_dir / distributed.PROGRESS_FILE).exists(), 180, "the ranks")
+        wait_for(lambda: RunPaths(run_dir).progress.exists(), 180, "the ranks")
         ranks = psutil.Process(run.pid).children(recursive=True)
         assert len(ranks) == 2
         os.kill(run.pid, signal.SIGKILL)  # no chance to forward anything
@@ -457,11 +461,11 @@ def test_ranks_end_with_torchrun_even_when_it_is_killed(demo) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible on this machine")
 def test_all_devices_means_every_visible_gpu() -> None:
     gpus = torch.cuda.device_count()
-    assert distributed.visible_gpus() == gpus
-    assert distributed.resolve_devices(RunConfig(dataset="d", devices="all")) == gpus
-    assert distributed.is_multi_process(RunConfig(dataset="d", devices="all")) is (gpus > 1)
+    assert launcher.visible_gpus() == gpus
+    assert launcher.resolve_devices(RunConfig(dataset="d", devices="all")) == gpus
+    assert launcher.is_multi_process(RunConfig(dataset="d", devices="all")) is (gpus > 1)
     # device=cpu asks for CPU workers: "all" GPUs then means one process
-    assert distributed.resolve_devices(RunConfig(dataset="d", devices="all", device="cpu")) == 1
+    assert launcher.resolve_devices(RunConfig(dataset="d", devices="all", device="cpu")) == 1
 
 
 @pytest.mark.gpu
@@ -487,7 +491,7 @@ def test_two_gpus_train_with_nccl_through_the_manager(workspace: Workspace) -> N
         assert manager.wait(run_id, timeout=300) == RunStatus.SUCCEEDED
         run = workspace.get_run(run_id)
         assert run.epochs_run == 4 and run.best_val_accuracy > 1 / 3
-        launch_log = (workspace.run_dir(run_id) / distributed.LAUNCH_LOG).read_text()
+        launch_log = RunPaths(workspace.run_dir(run_id)).launch_log.read_text()
         assert "Traceback" not in launch_log
         assert_nothing_left_behind()
     finally:

@@ -11,6 +11,7 @@ from finetune_core.config import RunConfig
 from finetune_core.data import create_demo_dataset
 from finetune_core.jobs.manager import JobError, JobManager, cli_command
 from finetune_core.store import RunStatus, Workspace
+from finetune_core.training import setup
 
 
 @pytest.fixture
@@ -35,6 +36,7 @@ def quick(dataset_id: str, **changes: Any) -> RunConfig:
     return RunConfig(**base)
 
 
+@pytest.mark.slow
 def test_submit_runs_to_success_and_records_everything(demo_ws) -> None:
     ws, ds = demo_ws
     hooks: list[str] = []
@@ -57,6 +59,7 @@ def test_submit_runs_to_success_and_records_everything(demo_ws) -> None:
         manager.shutdown()
 
 
+@pytest.mark.slow
 def test_queue_is_fifo_and_a_queued_run_can_be_removed(demo_ws) -> None:
     ws, ds = demo_ws
     manager = JobManager(ws)
@@ -79,18 +82,17 @@ def test_queue_is_fifo_and_a_queued_run_can_be_removed(demo_ws) -> None:
         manager.shutdown()
 
 
+@pytest.mark.slow
 def test_a_failing_run_is_failed_with_reason_and_the_next_one_starts(demo_ws, monkeypatch) -> None:
     ws, ds = demo_ws
-    from finetune_core.training import trainer as trainer_module
+    original = setup.load_data
 
-    original = trainer_module.Trainer._load_data
-
-    def exploding(self):
-        if self.cfg.name == "boom":
+    def exploding(trainer):
+        if trainer.cfg.name == "boom":
             raise ValueError("injected failure in the worker")
-        return original(self)
+        return original(trainer)
 
-    monkeypatch.setattr(trainer_module.Trainer, "_load_data", exploding)
+    monkeypatch.setattr(setup, "load_data", exploding)
     manager = JobManager(ws)
     try:
         bad = manager.submit(quick(ds.id, name="boom"))
@@ -104,6 +106,7 @@ def test_a_failing_run_is_failed_with_reason_and_the_next_one_starts(demo_ws, mo
         manager.shutdown()
 
 
+@pytest.mark.slow
 def test_stop_running_keeps_best_and_resume_finishes(demo_ws) -> None:
     ws, ds = demo_ws
     manager = JobManager(ws)

@@ -22,6 +22,8 @@ from finetune_core.reporting.report import GALLERY_LIMIT, build_report, collect_
 from finetune_core.runs import RunFolder
 from finetune_core.store import RunStatus, Workspace
 
+pytestmark = pytest.mark.slow  # every test here trains a model (or uses one trained here)
+
 NAME = 'Shapes <i> & "probe"'
 ESCAPED = "Shapes &lt;i&gt; &amp; &#34;probe&#34;"  # MarkupSafe's entities
 

@@ -15,8 +15,10 @@ from finetune_core.models.checkpoint import CheckpointError, load_checkpoint, sa
 from finetune_core.models.loaded import load_run_model
 from finetune_core.runs import RunPaths, read_history
 from finetune_core.store import Workspace
-from finetune_core.training.callbacks import Callback, MetricsLogger
+from finetune_core.training.events import Callback
 from finetune_core.training.trainer import Trainer, TrainingDiverged
+
+pytestmark = pytest.mark.slow  # every test here trains a model (or uses one trained here)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def train(demo, tmp_path: Path, callbacks=(), resume=False, stop=None, **changes
         ds,
         run_dir,
         ws.cache_dir,
-        callbacks=[MetricsLogger(run_dir / "metrics.jsonl"), *callbacks],
+        callbacks=list(callbacks),
         stop_event=stop,
         resume=resume,
     )
@@ -89,9 +91,9 @@ def test_finetune_phases_freeze_then_unfreeze_with_discriminative_rates(demo, tm
     seen: list[tuple[str, int, list[float]]] = []
 
     class Spy(Callback):
-        def on_epoch_end(self, trainer, logs):
+        def after_epoch(self, trainer):
             trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-            seen.append((logs["phase"], trainable, []))
+            seen.append((trainer.metrics["phase"], trainable, []))
 
     trainer, result, _ = train(
         demo, tmp_path, callbacks=[Spy()], strategy="finetune", epochs=2, freeze_epochs=1
@@ -100,7 +102,7 @@ def test_finetune_phases_freeze_then_unfreeze_with_discriminative_rates(demo, tm
     total = sum(p.numel() for p in trainer.model.parameters())
     assert seen[0][0] == "frozen" and seen[0][1] == head
     assert seen[1][0] == "unfrozen" and seen[1][1] == total
-    phases = trainer._phases()
+    phases = trainer.plan
     lrs = phases[1].lrs
     assert lrs == sorted(lrs) and lrs[-1] == pytest.approx(trainer.cfg.lr / 2)
     assert lrs[0] == pytest.approx(trainer.cfg.lr / 2 / trainer.cfg.lr_mult)
@@ -111,10 +113,10 @@ def test_stop_takes_effect_within_one_batch_and_keeps_a_model(demo, tmp_path) ->
     steps_after_stop: list[int] = []
 
     class StopAtSecondBatch(Callback):
-        def on_batch_end(self, trainer, logs):
+        def after_batch(self, trainer):
             if stop.is_set():
-                steps_after_stop.append(logs["step"])
-            elif logs["epoch"] == 2 and logs["step"] == 1:
+                steps_after_stop.append(trainer.step)
+            elif trainer.epoch == 2 and trainer.step == 0:
                 stop.set()
 
     _, result, run_dir = train(demo, tmp_path, callbacks=[StopAtSecondBatch()], stop=stop, epochs=3)
@@ -128,8 +130,8 @@ def test_resume_continues_the_epoch_count(demo, tmp_path) -> None:
     stop = threading.Event()
 
     class StopInEpoch3(Callback):
-        def on_batch_end(self, trainer, logs):
-            if logs["epoch"] == 3:
+        def after_batch(self, trainer):
+            if trainer.epoch == 3:
                 stop.set()
 
     _, first, run_dir = train(
@@ -266,8 +268,8 @@ def test_probe_resume_continues_from_the_folded_head(demo, tmp_path) -> None:
     stop = threading.Event()
 
     class StopInEpoch4(Callback):
-        def on_batch_end(self, trainer, logs):
-            if logs["epoch"] == 4:
+        def after_batch(self, trainer):
+            if trainer.epoch == 4:
                 stop.set()
 
     common = dict(strategy="probe", epochs=6, lr=3e-2, batch_size=32, augmentation="none")
