@@ -32,6 +32,7 @@ test-fast: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy finetune_core
 
 format: $(VENV)/.installed-dev
 	$(PY) -m ruff check --fix .

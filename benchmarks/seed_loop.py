@@ -100,15 +100,18 @@ def seed_loop(
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    accuracy = None
-    if val_dir is not None:
-        val_data = torchvision.datasets.ImageFolder(root=str(val_dir), transform=transform)
-        model.eval()
-        correct = total = 0
-        with torch.no_grad():
-            for inputs, labels in torch.utils.data.DataLoader(val_data, batch_size=64):
-                pred = model(inputs.to(device)).argmax(1).cpu()
-                correct += int((pred == labels).sum())
-                total += len(labels)
-        accuracy = correct / max(1, total)
+    accuracy = None if val_dir is None else _accuracy(model, val_dir, transform, device)
     return SeedLoopResult(seconds, seen / seconds, accuracy, epochs)
+
+
+def _accuracy(model: nn.Module, val_dir: Path, transform: T.Compose, device: str) -> float:
+    """Top-1 accuracy on an ImageFolder, as the article measures it."""
+    val_data = torchvision.datasets.ImageFolder(root=str(val_dir), transform=transform)
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for inputs, labels in torch.utils.data.DataLoader(val_data, batch_size=64):
+            pred = model(inputs.to(device)).argmax(1).cpu()
+            correct += int((pred == labels).sum())
+            total += len(labels)
+    return correct / max(1, total)

@@ -7,7 +7,7 @@ The setup page builds one, the CLI reads one, and every run stores one as
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -89,71 +89,13 @@ class RunConfig:
     def _checks(self) -> list[tuple[str, str]]:
         """(field to change, problem) pairs in a stable order."""
         out: list[tuple[str, str]] = []
-
-        def choice(name: str, options: tuple[str, ...]) -> None:
+        for name, options in _CHOICES:
             value = getattr(self, name)
             if value not in options:
                 out.append((name, f"{name} must be one of {', '.join(options)} (got {value!r})."))
-
-        choice("strategy", STRATEGIES)
-        choice("optimizer", OPTIMIZERS)
-        choice("schedule", SCHEDULES)
-        choice("augmentation", AUGMENTATIONS)
-        choice("mixed_precision", PRECISIONS)
-        choice("class_balance", CLASS_BALANCE)
-        choice("best_metric", BEST_METRICS)
-        if not self.dataset:
-            out.append(("dataset", "Choose a dataset."))
-        if not self.model:
-            out.append(("model", "Choose a model."))
-        if not 1 <= self.epochs <= 10_000:
-            out.append(("epochs", "epochs must be between 1 and 10000."))
-        if self.strategy == "finetune" and not 0 <= self.freeze_epochs <= self.epochs:
-            out.append(("freeze_epochs", "freeze_epochs must be between 0 and epochs."))
-        if self.strategy == "last_n" and self.last_n_groups < 1:
-            out.append(("last_n_groups", "last_n_groups must be at least 1."))
-        if isinstance(self.batch_size, str):
-            if self.batch_size != "auto":
-                out.append(("batch_size", 'batch_size must be a positive integer or "auto".'))
-        elif not 1 <= self.batch_size <= 65_536:
-            out.append(("batch_size", "batch_size must be between 1 and 65536."))
-        if not 16 <= self.image_size <= 1024:
-            out.append(("image_size", "image_size must be between 16 and 1024 pixels."))
-        if not 0 < self.lr <= 1000:
-            out.append(("lr", "lr must be positive and at most 1000."))
-        if self.lr_mult < 1:
-            out.append(("lr_mult", "lr_mult must be at least 1."))
-        if self.weight_decay < 0:
-            out.append(("weight_decay", "weight_decay cannot be negative."))
-        if not 0 <= self.warmup_pct < 1:
-            out.append(("warmup_pct", "warmup_pct must be in [0, 1)."))
-        if not 0 <= self.label_smoothing < 1:
-            out.append(("label_smoothing", "label_smoothing must be in [0, 1)."))
-        if not 0 <= self.dropout < 1:
-            out.append(("dropout", "dropout must be in [0, 1)."))
-        if not 1 <= self.probe_views <= 32:
-            out.append(("probe_views", "probe_views must be between 1 and 32."))
-        if self.grad_clip < 0:
-            out.append(("grad_clip", "grad_clip cannot be negative (0 turns it off)."))
-        if self.es_patience < 1:
-            out.append(("es_patience", "es_patience must be at least 1."))
-        if self.num_threads < 0:
-            out.append(("num_threads", "num_threads cannot be negative (0 uses all cores)."))
-        if self.weights.endswith(".pt2") and self.strategy != "probe":
-            out.append(
-                (
-                    "strategy",
-                    "A custom .pt2 backbone is used frozen: choose the probe strategy "
-                    "(its exported graph cannot be fine-tuned).",
-                )
-            )
-        if self.model == "custom" and not self.weights.endswith(".pt2"):
-            out.append(("weights", "The custom model needs a .pt2 backbone file as its weights."))
-        dev = self.device
-        if not (
-            dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())
-        ):
-            out.append(("device", f"device must be auto, cpu, cuda, cuda:N or mps (got {dev!r})."))
+        for name, is_problem, message in _RULES:
+            if is_problem(self):
+                out.append((name, message.format(value=getattr(self, name))))
         out.extend(self._scale_out_checks())
         return out
 
@@ -272,6 +214,94 @@ class RunConfig:
         return RunConfig.from_dict({**self.to_dict(), **changes})
 
 
+# The fields checked by name against their options, in the order problems are listed.
+_CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("strategy", STRATEGIES),
+    ("optimizer", OPTIMIZERS),
+    ("schedule", SCHEDULES),
+    ("augmentation", AUGMENTATIONS),
+    ("mixed_precision", PRECISIONS),
+    ("class_balance", CLASS_BALANCE),
+    ("best_metric", BEST_METRICS),
+)
+
+# The other checks, in the order problems are listed: (field to change, is it a problem,
+# the problem). ``{value!r}`` in a problem is the field's value.
+_RULES: tuple[tuple[str, Callable[[RunConfig], bool], str], ...] = (
+    ("dataset", lambda c: not c.dataset, "Choose a dataset."),
+    ("model", lambda c: not c.model, "Choose a model."),
+    ("epochs", lambda c: not 1 <= c.epochs <= 10_000, "epochs must be between 1 and 10000."),
+    (
+        "freeze_epochs",
+        lambda c: c.strategy == "finetune" and not 0 <= c.freeze_epochs <= c.epochs,
+        "freeze_epochs must be between 0 and epochs.",
+    ),
+    (
+        "last_n_groups",
+        lambda c: c.strategy == "last_n" and c.last_n_groups < 1,
+        "last_n_groups must be at least 1.",
+    ),
+    (
+        "batch_size",
+        lambda c: isinstance(c.batch_size, str) and c.batch_size != "auto",
+        'batch_size must be a positive integer or "auto".',
+    ),
+    (
+        "batch_size",
+        lambda c: not isinstance(c.batch_size, str) and not 1 <= c.batch_size <= 65_536,
+        "batch_size must be between 1 and 65536.",
+    ),
+    (
+        "image_size",
+        lambda c: not 16 <= c.image_size <= 1024,
+        "image_size must be between 16 and 1024 pixels.",
+    ),
+    ("lr", lambda c: not 0 < c.lr <= 1000, "lr must be positive and at most 1000."),
+    ("lr_mult", lambda c: c.lr_mult < 1, "lr_mult must be at least 1."),
+    ("weight_decay", lambda c: c.weight_decay < 0, "weight_decay cannot be negative."),
+    ("warmup_pct", lambda c: not 0 <= c.warmup_pct < 1, "warmup_pct must be in [0, 1)."),
+    (
+        "label_smoothing",
+        lambda c: not 0 <= c.label_smoothing < 1,
+        "label_smoothing must be in [0, 1).",
+    ),
+    ("dropout", lambda c: not 0 <= c.dropout < 1, "dropout must be in [0, 1)."),
+    (
+        "probe_views",
+        lambda c: not 1 <= c.probe_views <= 32,
+        "probe_views must be between 1 and 32.",
+    ),
+    ("grad_clip", lambda c: c.grad_clip < 0, "grad_clip cannot be negative (0 turns it off)."),
+    ("es_patience", lambda c: c.es_patience < 1, "es_patience must be at least 1."),
+    (
+        "num_threads",
+        lambda c: c.num_threads < 0,
+        "num_threads cannot be negative (0 uses all cores).",
+    ),
+    (
+        "strategy",
+        lambda c: c.weights.endswith(".pt2") and c.strategy != "probe",
+        "A custom .pt2 backbone is used frozen: choose the probe strategy "
+        "(its exported graph cannot be fine-tuned).",
+    ),
+    (
+        "weights",
+        lambda c: c.model == "custom" and not c.weights.endswith(".pt2"),
+        "The custom model needs a .pt2 backbone file as its weights.",
+    ),
+    (
+        "device",
+        lambda c: (
+            not (
+                c.device in ("auto", "cpu", "cuda", "mps")
+                or (c.device.startswith("cuda:") and c.device[5:].isdigit())
+            )
+        ),
+        "device must be auto, cpu, cuda, cuda:N or mps (got {value!r}).",
+    ),
+)
+
+
 def _coerce(key: str, raw: Any, expected: type) -> Any:
     if key in ("batch_size", "devices"):
         if raw == ("auto" if key == "batch_size" else "all"):
@@ -279,22 +309,40 @@ def _coerce(key: str, raw: Any, expected: type) -> Any:
         if isinstance(raw, bool):
             raise TypeError
         return int(raw)
-    if expected is bool:
-        if isinstance(raw, bool):
-            return raw
-        if isinstance(raw, str) and raw.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return raw.lower() in ("true", "1", "yes")
-        raise TypeError
-    if expected is int:
-        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-            raise TypeError
-        return int(raw)
-    if expected is float:
-        if isinstance(raw, bool):
-            raise TypeError
-        return float(raw)
-    if expected is str:
-        if not isinstance(raw, str):
-            raise TypeError
+    coerce = _COERCE.get(expected)
+    return raw if coerce is None else coerce(raw)
+
+
+def _to_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
         return raw
+    if isinstance(raw, str) and raw.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return raw.lower() in ("true", "1", "yes")
+    raise TypeError
+
+
+def _to_int(raw: Any) -> int:
+    if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+        raise TypeError
+    return int(raw)
+
+
+def _to_float(raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise TypeError
+    return float(raw)
+
+
+def _to_str(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise TypeError
     return raw
+
+
+# How a JSON/form value becomes a field's type (TypeError/ValueError: it cannot).
+_COERCE: dict[type, Callable[[Any], Any]] = {
+    bool: _to_bool,
+    int: _to_int,
+    float: _to_float,
+    str: _to_str,
+}

@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` through a temp file in the same folder, then ``os.replace`` it."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write ``path`` through a temp file in the same folder, then ``os.replace`` it.
+
+    ``write`` fills the open handle; what it returns (e.g. a byte count) is ignored.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -330,7 +330,8 @@ class Workspace:
     def list_runs(
         self, status: str | tuple[str, ...] | None = None, limit: int | None = None
     ) -> list[RunRecord]:
-        query, params = "SELECT * FROM runs", []
+        query = "SELECT * FROM runs"
+        params: list[str] = []
         if status:
             statuses = (status,) if isinstance(status, str) else tuple(status)
             query += f" WHERE status IN ({', '.join('?' * len(statuses))})"

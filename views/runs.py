@@ -10,6 +10,7 @@ import streamlit as st
 
 from finetune_core.auth.access import (
     PermissionDenied,
+    User,
     can_modify,
     can_start,
     guarded_delete_run,
@@ -154,31 +155,43 @@ def run_actions(run: RunRecord, allowed: bool, why: str | None) -> None:
         if st.button("Re-run", icon=":material/replay:", key="runs_rerun",
                      disabled=not can_start(me),
                      help="Queue a new run with the same settings."):  # fmt: skip
-            try:
-                new_id = manager.rerun(run.id, creator=current_user())
-            except JobError as exc:
-                st.error(esc(public(str(exc))))
-            else:
-                st.switch_page("views/training.py", query_params={"run": new_id})
+            _rerun(run)
         if manager.can_resume(run) and st.button(
             "Resume", icon=":material/play_arrow:", key="runs_resume", disabled=not allowed,
             help=why or "Continue from the last checkpoint.",
         ):  # fmt: skip
-            try:
-                guarded_resume(manager, ws, me, run.id)
-            except (JobError, PermissionDenied, StoreError) as exc:
-                st.error(esc(str(exc)))
-            else:
-                st.switch_page("views/training.py", query_params={"run": run.id})
+            _resume(run, me)
         if run.status == RunStatus.QUEUED and st.button(
             "Cancel", icon=":material/cancel:", key="runs_cancel", disabled=not allowed, help=why
         ):
-            try:
-                guarded_stop(manager, ws, me, run.id)
-            except (PermissionDenied, StoreError) as exc:
-                st.error(esc(str(exc)))
-            else:
-                st.rerun()
+            _cancel(run, me)
+
+
+def _rerun(run: RunRecord) -> None:
+    try:
+        new_id = manager.rerun(run.id, creator=current_user())
+    except JobError as exc:
+        st.error(esc(public(str(exc))))
+    else:
+        st.switch_page("views/training.py", query_params={"run": new_id})
+
+
+def _resume(run: RunRecord, me: User) -> None:
+    try:
+        guarded_resume(manager, ws, me, run.id)
+    except (JobError, PermissionDenied, StoreError) as exc:
+        st.error(esc(str(exc)))
+    else:
+        st.switch_page("views/training.py", query_params={"run": run.id})
+
+
+def _cancel(run: RunRecord, me: User) -> None:
+    try:
+        guarded_stop(manager, ws, me, run.id)
+    except (PermissionDenied, StoreError) as exc:
+        st.error(esc(str(exc)))
+    else:
+        st.rerun()
 
 
 def rename_box(run: RunRecord, allowed: bool, why: str | None) -> None:

@@ -196,6 +196,12 @@ def live_view(run_id: str, was_active: bool) -> None:
 
 
 def final_state(record: RunRecord) -> None:
+    """How a finished run ended, and what can be done with it next."""
+    _outcome(record)
+    _final_actions(record)
+
+
+def _outcome(record: RunRecord) -> None:
     if record.status == RunStatus.SUCCEEDED:
         st.success(
             f"Finished: best validation accuracy {fmt_pct(record.best_val_accuracy)} at epoch "
@@ -217,6 +223,9 @@ def final_state(record: RunRecord) -> None:
             f"{esc(public(reason[:1].upper() + reason[1:]))}. It can resume from its last checkpoint.",
             icon=":material/pause_circle:",
         )
+
+
+def _final_actions(record: RunRecord) -> None:
     with st.container(horizontal=True):
         if record.status in (RunStatus.SUCCEEDED, RunStatus.STOPPED) or record.best_epoch:
             st.page_link(

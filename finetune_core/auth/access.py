@@ -91,17 +91,7 @@ def load_access_settings(
         raise AccessConfigError("secrets.toml: [access] must be a table (an [access] section).")
 
     def value(env_names: tuple[str, ...], key: str) -> tuple[Any, str]:
-        for name in env_names:
-            # An empty variable counts as unset: `FINETUNE_PASSWORD= streamlit run ...` must
-            # not quietly drop the password from secrets.toml and open the app.
-            if environ.get(name, "").strip():
-                return environ[name], f"environment variable {name}"
-        if key in access:
-            return access[key], f"secrets.toml [access] {key}"
-        for name in env_names:  # older deployments put FINETUNE_* at the top of secrets.toml
-            if name in secrets:
-                return secrets[name], f"secrets.toml {name}"
-        return None, ""
+        return _lookup(env_names, key, environ, access, secrets)
 
     admins = _parse_admins(*value(("FINETUNE_ADMINS",), "admins"))
     server_paths = _parse_flag(*value(("FINETUNE_ALLOW_SERVER_PATHS",), "allow_server_paths"))
@@ -138,6 +128,29 @@ def load_access_settings(
         password=password,
         password_sha256=digest.lower(),
     )
+
+
+def _lookup(
+    env_names: tuple[str, ...],
+    key: str,
+    environ: Mapping[str, str],
+    access: Mapping[str, Any],
+    secrets: Mapping[str, Any],
+) -> tuple[Any, str]:
+    """A setting's raw value and where it came from ("" when unset), first found of: the
+    environment variables, ``[access] key`` in secrets.toml, the variables' names at the
+    top of secrets.toml."""
+    for name in env_names:
+        # An empty variable counts as unset: `FINETUNE_PASSWORD= streamlit run ...` must
+        # not quietly drop the password from secrets.toml and open the app.
+        if environ.get(name, "").strip():
+            return environ[name], f"environment variable {name}"
+    if key in access:
+        return access[key], f"secrets.toml [access] {key}"
+    for name in env_names:  # older deployments put FINETUNE_* at the top of secrets.toml
+        if name in secrets:
+            return secrets[name], f"secrets.toml {name}"
+    return None, ""
 
 
 def _parse_flag(raw: Any, where: str) -> bool:

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +215,7 @@ def _printable(text: str) -> str:
     )
 
 
-def _table(rows: list[tuple[str, ...]], right_from: int | None = None) -> str:
+def _table(rows: Sequence[tuple[str, ...]], right_from: int | None = None) -> str:
     rows = [tuple(_printable(cell) for cell in row) for row in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = []

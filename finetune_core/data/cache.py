@@ -52,7 +52,7 @@ class DecodedImages:
         out = np.empty((len(rows), *shape), dtype=np.uint8)
         row_bytes = out[0].nbytes if len(rows) else 0
         fd = self.file.fileno()
-        if isinstance(index, slice) and (index.step or 1) == 1:
+        if isinstance(rows, range) and rows.step == 1:  # a plain slice: one contiguous read
             _read_exactly(fd, out, rows.start * row_bytes if len(rows) else 0)
         else:
             for j, i in enumerate(rows):
@@ -61,7 +61,7 @@ class DecodedImages:
 
 
 def _read_exactly(fd: int, into: np.ndarray, offset: int) -> None:
-    view = memoryview(into).cast("B")
+    view = into.data.cast("B")
     while view:
         got = os.preadv(fd, [view], offset)
         if got <= 0:
@@ -123,30 +123,7 @@ def build_decoded(
     if spill:
         if cache_file is None:
             raise ValueError("A cache larger than the RAM budget needs a cache_file to spill to.")
-        # Decoded a chunk at a time and appended with plain writes: the file's pages go to
-        # the OS page cache, never into this process's memory.
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".partial")
-        chunk = max(threads * 8, 64)
-        buffer = np.empty((chunk, 3, size, size), dtype=np.uint8)
-        try:
-            with open(tmp, "wb") as handle, ThreadPoolExecutor(max_workers=threads) as pool:
-                for start in range(0, n, chunk):
-                    count = min(chunk, n - start)
-
-                    def decode_into(j: int, start: int = start) -> None:
-                        buffer[j] = to_uint8_chw(load(Path(paths[start + j])), size)
-
-                    list(pool.map(decode_into, range(count)))
-                    handle.write(buffer[:count].tobytes())
-                    if progress is not None:
-                        progress(start + count, n)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, cache_file)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a full disk or a stop leaves no half cache behind
-            raise
+        _decode_to_file(paths, size, load, cache_file, threads, progress)
         return _open_cached(cache_file, n, size, label_tensor, rel, True)
 
     out = np.empty((n, 3, size, size), dtype=np.uint8)
@@ -165,6 +142,41 @@ def build_decoded(
     if cache_file is not None:
         atomic_write(cache_file, lambda h: h.write(out.tobytes()))
     return DecodedImages(torch.from_numpy(out), label_tensor, rel)
+
+
+def _decode_to_file(
+    paths: Sequence[Path],
+    size: int,
+    load: Callable[[Path], Image.Image],
+    cache_file: Path,
+    threads: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Decode ``paths`` into ``cache_file`` a chunk at a time, appended with plain writes:
+    the file's pages go to the OS page cache, never into this process's memory."""
+    n = len(paths)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(".partial")
+    chunk = max(threads * 8, 64)
+    buffer = np.empty((chunk, 3, size, size), dtype=np.uint8)
+    try:
+        with open(tmp, "wb") as handle, ThreadPoolExecutor(max_workers=threads) as pool:
+            for start in range(0, n, chunk):
+                count = min(chunk, n - start)
+
+                def decode_into(j: int, start: int = start) -> None:
+                    buffer[j] = to_uint8_chw(load(Path(paths[start + j])), size)
+
+                list(pool.map(decode_into, range(count)))
+                handle.write(buffer[:count].tobytes())
+                if progress is not None:
+                    progress(start + count, n)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, cache_file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or a stop leaves no half cache behind
+        raise
 
 
 def _open_cached(

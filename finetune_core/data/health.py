@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -415,7 +416,7 @@ def compute_stats(
     }
 
 
-def _summary(values: list[float], digits: int = 1) -> dict[str, float] | None:
+def _summary(values: Sequence[float], digits: int = 1) -> dict[str, float] | None:
     if not values:
         return None
     return {

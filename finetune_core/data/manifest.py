@@ -6,7 +6,7 @@ import csv
 import io
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from finetune_core.fsutil import atomic_write
 
@@ -63,7 +63,7 @@ def read_manifest(path: Path) -> list[ManifestRow]:
     with open(path, encoding="utf-8", newline="") as handle:
         rows = []
         for record in csv.DictReader(handle):
-            values = {k: record.get(k, "") or "" for k in _FIELDS}
+            values: dict[str, Any] = {k: record.get(k, "") or "" for k in _FIELDS}
             for key in _INT_FIELDS:
                 values[key] = int(values[key] or 0)
             rows.append(ManifestRow(**values))

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from finetune_core.data.archive import IngestLimits
 from finetune_core.data.dataset import DATASET_META, HEALTH_NAME, IMAGES_DIR, Dataset
@@ -267,7 +267,7 @@ def _copy(cand: Candidate, dest: Path, budget: list[int], limits: IngestLimits) 
     digest = hashlib.sha256()
     size = 0
     try:
-        handle: BinaryIO = cand.opener()
+        handle: IO[bytes] = cand.opener()
     except Exception as exc:
         raise _ReadFailed(_error_text(exc)) from exc
     with handle, open(dest, "xb") as out:

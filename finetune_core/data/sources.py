@@ -16,7 +16,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from finetune_core.data.archive import IngestLimits, check_zip, open_zip
 from finetune_core.data.errors import IngestError
@@ -65,7 +65,7 @@ class Candidate:
     source: str
     label: str
     split: str | None
-    opener: Callable[[], BinaryIO]
+    opener: Callable[[], IO[bytes]]  # a binary file object, closed by the pipeline
     declared_size: int | None = None  # zip entries: streaming may not exceed it
 
 
@@ -165,7 +165,7 @@ def zip_plan(zf: zipfile.ZipFile, display: str, limits: IngestLimits) -> Plan:
                 source="/".join(parts),
                 label=label,
                 split=split,
-                opener=lambda info=info: zf.open(info),
+                opener=_zip_opener(zf, info),
                 declared_size=info.file_size,
             )
         )
@@ -186,22 +186,7 @@ def folder_plan(root: Path, limits: IngestLimits) -> Plan:
     count = 0
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         rel_dir = Path(dirpath).relative_to(root).parts
-        keep = []
-        for d in sorted(dirnames):
-            parts = (*rel_dir, d)
-            full = Path(dirpath, d)
-            if full.is_symlink():
-                skipped.append(
-                    Skipped(
-                        "/".join(parts) + "/", "ignored_entry", "link to a folder (not followed)"
-                    )
-                )
-            elif reason := folder_ignore_reason(parts, "/".join(parts) + "/"):
-                # Reported once, instead of every file inside (a .git folder has thousands).
-                skipped.append(reason)
-            else:
-                keep.append(d)
-        dirnames[:] = keep
+        dirnames[:] = _folders_to_walk(dirpath, rel_dir, dirnames, skipped)
         for name in sorted(filenames):
             count += 1
             if count > limits.max_files:
@@ -238,7 +223,30 @@ def folder_plan(root: Path, limits: IngestLimits) -> Plan:
     )
 
 
-def _file_opener(path: str | Path) -> Callable[[], BinaryIO]:
+def _folders_to_walk(
+    dirpath: str, rel_dir: tuple[str, ...], dirnames: list[str], skipped: list[Skipped]
+) -> list[str]:
+    """The sub-folders of ``dirpath`` to descend into, sorted; the others go to ``skipped``."""
+    keep = []
+    for d in sorted(dirnames):
+        parts = (*rel_dir, d)
+        if Path(dirpath, d).is_symlink():
+            skipped.append(
+                Skipped("/".join(parts) + "/", "ignored_entry", "link to a folder (not followed)")
+            )
+        elif reason := folder_ignore_reason(parts, "/".join(parts) + "/"):
+            # Reported once, instead of every file inside (a .git folder has thousands).
+            skipped.append(reason)
+        else:
+            keep.append(d)
+    return keep
+
+
+def _zip_opener(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[], IO[bytes]]:
+    return lambda: zf.open(info)
+
+
+def _file_opener(path: str | Path) -> Callable[[], IO[bytes]]:
     return lambda: open(path, "rb")  # noqa: SIM115 - the pipeline closes it
 
 
@@ -251,29 +259,15 @@ def csv_plan(csv_path: Path, images_root: str | os.PathLike | None, limits: Inge
     if not root.is_dir():
         raise IngestError(f"The images folder {root} does not exist.")
     real_root = Path(os.path.realpath(root))
-    try:
-        with open(csv_path, encoding="utf-8-sig", newline="") as handle:
-            rows = _read_csv(handle, csv_path.name, limits)
-    except UnicodeDecodeError as exc:
-        raise IngestError(
-            f"{csv_path.name} is not UTF-8 text (byte {exc.start} cannot be decoded). Save it "
-            "as UTF-8 (in Excel: Save As > CSV UTF-8) and try again."
-        ) from exc
-    except csv.Error as exc:
-        raise IngestError(f"{csv_path.name} is not a valid CSV file: {exc}.") from exc
+    rows = _read_csv_file(csv_path, limits)
 
     candidates: list[Candidate] = []
     skipped: list[Skipped] = []
     unsafe: list[str] = []
     for line, raw_path, label, split in rows:
         where = f"line {line}"
-        if not raw_path or not label:
-            missing = "path" if not raw_path else "label"
-            skipped.append(Skipped(raw_path or where, "bad_row", f"{where}: empty {missing}"))
-            continue
-        if split == "?":
-            allowed = ", ".join(sorted(SPLIT_NAMES))
-            skipped.append(Skipped(raw_path, "bad_row", f"{where}: unknown split (use {allowed})"))
+        if bad := _bad_csv_row(where, raw_path, label, split):
+            skipped.append(bad)
             continue
         rel = raw_path.replace("\\", "/")
         if "\x00" in rel:
@@ -295,19 +289,46 @@ def csv_plan(csv_path: Path, images_root: str | os.PathLike | None, limits: Inge
             "rejected for safety; use paths relative to the images folder."
         )
     if not candidates:
-        missing = [s for s in skipped if s.code == "missing_file"]
-        if missing:
-            listed = ", ".join(s.source for s in missing[:5])
-            raise IngestError(
-                f"None of the files listed in {csv_path.name} exist under {root} (for example "
-                f"{listed}). Check the images folder and that paths are relative to it."
-            )
-        raise IngestError(
-            f"{csv_path.name} lists no usable rows (every row lacks a path or a label)."
-        )
+        raise _no_csv_rows(csv_path, root, skipped)
     return Plan(
         kind="csv", layout="csv", description=str(csv_path), candidates=candidates, skipped=skipped
     )
+
+
+def _bad_csv_row(where: str, raw_path: str, label: str, split: str | None) -> Skipped | None:
+    """Why a row cannot be imported as written (no path, no label, unknown split), if so."""
+    if not raw_path or not label:
+        missing = "path" if not raw_path else "label"
+        return Skipped(raw_path or where, "bad_row", f"{where}: empty {missing}")
+    if split == "?":
+        allowed = ", ".join(sorted(SPLIT_NAMES))
+        return Skipped(raw_path, "bad_row", f"{where}: unknown split (use {allowed})")
+    return None
+
+
+def _read_csv_file(csv_path: Path, limits: IngestLimits) -> list[tuple[int, str, str, str | None]]:
+    try:
+        with open(csv_path, encoding="utf-8-sig", newline="") as handle:
+            return _read_csv(handle, csv_path.name, limits)
+    except UnicodeDecodeError as exc:
+        raise IngestError(
+            f"{csv_path.name} is not UTF-8 text (byte {exc.start} cannot be decoded). Save it "
+            "as UTF-8 (in Excel: Save As > CSV UTF-8) and try again."
+        ) from exc
+    except csv.Error as exc:
+        raise IngestError(f"{csv_path.name} is not a valid CSV file: {exc}.") from exc
+
+
+def _no_csv_rows(csv_path: Path, root: Path, skipped: list[Skipped]) -> IngestError:
+    """The error for a CSV none of whose rows can be imported."""
+    missing_files = [s for s in skipped if s.code == "missing_file"]
+    if missing_files:
+        listed = ", ".join(s.source for s in missing_files[:5])
+        return IngestError(
+            f"None of the files listed in {csv_path.name} exist under {root} (for example "
+            f"{listed}). Check the images folder and that paths are relative to it."
+        )
+    return IngestError(f"{csv_path.name} lists no usable rows (every row lacks a path or a label).")
 
 
 def _read_csv(
@@ -342,7 +363,7 @@ def _read_csv(
             f"{display} has no {needed} column (found columns: {found}). The first row must be "
             "a header naming a path column and a label column, e.g. path,label[,split]."
         )
-    rows = []
+    rows: list[tuple[int, str, str, str | None]] = []
     for number, record in enumerate(reader, start=2):
         if not any(cell.strip() for cell in record):
             continue
@@ -385,14 +406,7 @@ def _uploads_plan(
     skipped: list[Skipped] = []
     for upload in files:
         parts = split_path(upload.name) or ("unnamed",)
-        label = upload.label.strip() if upload.label else ""
-        if not label:
-            if len(parts) < 2:
-                raise IngestError(
-                    f"The uploaded file {upload.name} has no label. Give every file a class, "
-                    "or upload a folder with one sub-folder per class."
-                )
-            label = parts[-2]
+        label = _upload_label(upload, parts)
         source = "/".join(parts) if len(parts) > 1 else f"{label}/{parts[0]}"
         reason = ignore_reason((label, *parts))
         if reason:
@@ -412,7 +426,20 @@ def _uploads_plan(
     )
 
 
-def _bytes_opener(data: bytes) -> Callable[[], BinaryIO]:
+def _upload_label(upload: UploadedFile, parts: tuple[str, ...]) -> str:
+    """The file's given label, else its parent folder's name."""
+    label = upload.label.strip() if upload.label else ""
+    if label:
+        return label
+    if len(parts) < 2:
+        raise IngestError(
+            f"The uploaded file {upload.name} has no label. Give every file a class, "
+            "or upload a folder with one sub-folder per class."
+        )
+    return parts[-2]
+
+
+def _bytes_opener(data: bytes) -> Callable[[], IO[bytes]]:
     return lambda: io.BytesIO(data)
 
 

@@ -64,7 +64,7 @@ def explain(
     x = image.detach().to(device=device, dtype=dtype).clone().requires_grad_(True)
 
     modes = [(m, m.training) for m in model.modules()]
-    captured: list[Tensor] = []
+    captured: list[Tensor | None] = []  # None: the layer's output holds no tensor
     handle = None
     if target_layer is not None:
         handle = target_layer.register_forward_hook(

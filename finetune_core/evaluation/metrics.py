@@ -133,9 +133,11 @@ def calibration(y: np.ndarray, probs: np.ndarray, *, bins: int = 10) -> dict[str
     for b in range(bins):
         mask = index == b
         count = int(mask.sum())
-        acc = float(correct[mask].mean()) if count else None
-        conf = float(confidence[mask].mean()) if count else None
+        acc: float | None = None
+        conf: float | None = None
         if count:
+            acc = float(correct[mask].mean())
+            conf = float(confidence[mask].mean())
             ece += count / n * abs(acc - conf)
         out.append(
             {
@@ -287,16 +289,7 @@ def _validate(
         )
     if len(set(class_names)) != len(class_names):
         raise ValueError("class_names contains duplicates; every class needs a unique name.")
-    if y.shape != (n,):
-        raise ValueError(f"y_true must have shape ({n},) to match probs, got {y.shape}.")
-    if y.dtype.kind not in "iu":
-        if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-            y = y.astype(np.int64)
-        else:
-            raise ValueError("y_true must hold integer class indices.")
-    y = y.astype(np.int64)
-    if y.min() < 0 or y.max() >= c:
-        raise ValueError(f"y_true holds class indices outside 0..{c - 1}.")
+    y = _class_indices(y, n, c)
     if not np.all(np.isfinite(p)):
         raise ValueError("probs contains NaN or infinite values; the model output is broken.")
     if p.min() < -1e-6 or p.max() > 1 + 1e-6 or not np.allclose(p.sum(axis=1), 1.0, atol=1e-2):
@@ -307,3 +300,18 @@ def _validate(
     if paths is not None and len(paths) != n:
         raise ValueError(f"paths has {len(paths)} entries but there are {n} samples.")
     return y, np.clip(p, 0.0, 1.0)
+
+
+def _class_indices(y: np.ndarray, n: int, c: int) -> np.ndarray:
+    """``y_true`` checked to be ``n`` class indices in 0..c-1, as int64."""
+    if y.shape != (n,):
+        raise ValueError(f"y_true must have shape ({n},) to match probs, got {y.shape}.")
+    if y.dtype.kind not in "iu":
+        if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            y = y.astype(np.int64)
+        else:
+            raise ValueError("y_true must hold integer class indices.")
+    y = y.astype(np.int64)
+    if y.min() < 0 or y.max() >= c:
+        raise ValueError(f"y_true holds class indices outside 0..{c - 1}.")
+    return y

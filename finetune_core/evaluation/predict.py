@@ -163,7 +163,8 @@ def explain_image(
     mean = torch.tensor(model.mean, device=model.device)
     std = torch.tensor(model.std, device=model.device)
     x = normalize(torch.from_numpy(arr).unsqueeze(0).to(model.device), mean, std)
-    layer = model.model.cam_layer() if hasattr(model.model, "cam_layer") else None
+    cam_layer = getattr(model.model, "cam_layer", None)  # a Classifier's; None elsewhere
+    layer = cam_layer() if cam_layer is not None else None
     result = explain(model.model, layer, x, class_index)
     return Explanation(
         image=view,

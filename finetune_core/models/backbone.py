@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -62,29 +62,49 @@ def split_evenly(items: Sequence[Any], n: int) -> list[list[Any]]:
     return out
 
 
+# The group functions reach submodules through ``get_submodule`` / ``get_parameter``
+# (typed, unlike attribute access on an nn.Module) and the Sequential stages through a
+# cast: torchvision builds them as nn.Sequential, which torch's typing cannot know.
 def _resnet_groups(m: nn.Module) -> list[list[GroupItem]]:
-    return [[m.conv1, m.bn1, m.layer1], [m.layer2], [m.layer3], [m.layer4]]
+    sub = m.get_submodule
+    return [
+        [sub("conv1"), sub("bn1"), sub("layer1")],
+        [sub("layer2")],
+        [sub("layer3")],
+        [sub("layer4")],
+    ]
 
 
 def _regnet_groups(m: nn.Module) -> list[list[GroupItem]]:
-    t = m.trunk_output
-    return [[m.stem, t.block1], [t.block2], [t.block3], [t.block4]]
+    t = m.get_submodule("trunk_output")
+    sub = t.get_submodule
+    return [
+        [m.get_submodule("stem"), sub("block1")],
+        [sub("block2")],
+        [sub("block3")],
+        [sub("block4")],
+    ]
 
 
 def _features_groups(m: nn.Module) -> list[list[GroupItem]]:
     # mobilenet_v3 / efficientnet / convnext: `features` is a Sequential of stages;
     # what is left of `classifier` (mobilenet's hidden Linear, convnext's LayerNorm)
     # belongs with the last stage.
-    groups: list[list[GroupItem]] = split_evenly(list(m.features), N_BACKBONE_GROUPS)
-    groups[-1].append(m.classifier)
+    features = cast(nn.Sequential, m.get_submodule("features"))
+    groups: list[list[GroupItem]] = split_evenly(list(features), N_BACKBONE_GROUPS)
+    groups[-1].append(m.get_submodule("classifier"))
     return groups
 
 
 def _vit_groups(m: nn.Module) -> list[list[GroupItem]]:
-    enc = m.encoder
-    groups: list[list[GroupItem]] = split_evenly(list(enc.layers), N_BACKBONE_GROUPS)
-    groups[0][:0] = [m.conv_proj, m.class_token, enc.pos_embedding]
-    groups[-1].append(enc.ln)
+    layers = cast(nn.Sequential, m.get_submodule("encoder.layers"))
+    groups: list[list[GroupItem]] = split_evenly(list(layers), N_BACKBONE_GROUPS)
+    groups[0][:0] = [
+        m.get_submodule("conv_proj"),
+        m.get_parameter("class_token"),
+        m.get_parameter("encoder.pos_embedding"),
+    ]
+    groups[-1].append(m.get_submodule("encoder.ln"))
     return groups
 
 
@@ -109,7 +129,10 @@ def family_of(arch: str) -> Family:
 def resolve(module: nn.Module, path: str) -> nn.Module:
     """``module.get_submodule`` that also accepts negative indices ("features.-1")."""
     for part in path.split("."):
-        module = module[int(part)] if part.lstrip("-").isdigit() else getattr(module, part)
+        if part.lstrip("-").isdigit():  # a numbered stage: the container is a Sequential
+            module = cast(nn.Sequential, module)[int(part)]
+        else:
+            module = getattr(module, part)
     return module
 
 
@@ -129,14 +152,16 @@ def strip_head(model: nn.Module, arch: str) -> int:
     fam = family_of(arch)
     parent_path, _, name = fam.head.rpartition(".")
     parent = resolve(model, parent_path) if parent_path else model
-    linear = getattr(parent, name) if not name.isdigit() else parent[int(name)]
+    # A numbered head ("classifier.3") sits in a Sequential; a named one is an attribute.
+    seq = cast(nn.Sequential, parent) if name.isdigit() else None
+    linear = getattr(parent, name) if seq is None else seq[int(name)]
     if not isinstance(linear, nn.Linear):
         raise TypeError(f"{arch}: expected nn.Linear at {fam.head}, found {type(linear).__name__}.")
-    if name.isdigit():
+    if seq is not None:
         idx = int(name)
-        parent[idx] = nn.Identity()
-        if idx > 0 and isinstance(parent[idx - 1], nn.Dropout):
-            parent[idx - 1] = nn.Identity()
+        seq[idx] = nn.Identity()
+        if idx > 0 and isinstance(seq[idx - 1], nn.Dropout):
+            seq[idx - 1] = nn.Identity()
     else:
         setattr(parent, name, nn.Identity())
     return linear.in_features

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -118,7 +118,7 @@ def arch_info(name: str) -> ArchInfo:
     """Facts about one zoo architecture (unknown names raise UnknownArchitectureError)."""
     check_arch(name)
     info = _static_info(name)
-    return _replace(
+    return replace(
         info, cached=imagenet_weights_cached(name), weights_url=imagenet_weights_url(name)
     )
 
@@ -126,12 +126,6 @@ def arch_info(name: str) -> ArchInfo:
 def list_architectures() -> list[ArchInfo]:
     """Every zoo architecture, in the zoo's order."""
     return [arch_info(name) for name in ZOO]
-
-
-def _replace(info: ArchInfo, **changes: object) -> ArchInfo:
-    from dataclasses import replace
-
-    return replace(info, **changes)
 
 
 def imagenet_normalization() -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -275,20 +269,7 @@ def build_classifier(
     check_arch(arch)
     info = _static_info(arch)
     size = image_size or info.input_size
-    if info.fixed_size:
-        # A ViT is built for one size (any multiple of its patch size; the ImageNet
-        # position embeddings are interpolated to it), whatever meta's min_size says.
-        try:
-            net = build_torchvision(arch, size)
-        except AssertionError as exc:
-            raise ValueError(
-                f"{arch} needs an image size divisible by its patch size: {exc}"
-            ) from exc
-    else:
-        min_size = max(default_weights(arch).meta.get("min_size", (1, 1)))
-        if size < min_size:
-            raise ValueError(f"{arch} needs images of at least {min_size} px (got {size}).")
-        net = build_torchvision(arch)
+    net = _torchvision_net(arch, size, info.fixed_size)
     feature_dim = strip_head(net, arch)
     model = Classifier(
         arch,
@@ -302,10 +283,32 @@ def build_classifier(
         backbone_groups=backbone_group_names(net, arch, prefix="backbone."),
         cam_path=family_of(arch).cam,
     )
+    return model, _load_weights(model, arch, weights_str, progress)
+
+
+def _torchvision_net(arch: str, size: int, fixed_size: bool) -> nn.Module:
+    """The torchvision model for ``arch`` (random weights), checked against ``size``."""
+    if fixed_size:
+        # A ViT is built for one size (any multiple of its patch size; the ImageNet
+        # position embeddings are interpolated to it), whatever meta's min_size says.
+        try:
+            return build_torchvision(arch, size)
+        except AssertionError as exc:
+            raise ValueError(
+                f"{arch} needs an image size divisible by its patch size: {exc}"
+            ) from exc
+    min_size = max(default_weights(arch).meta.get("min_size", (1, 1)))
+    if size < min_size:
+        raise ValueError(f"{arch} needs images of at least {min_size} px (got {size}).")
+    return build_torchvision(arch)
+
+
+def _load_weights(
+    model: Classifier, arch: str, weights_str: str, progress: Progress | None
+) -> LoadReport:
+    """Load ``weights_str`` ("none", "imagenet" or a .pt/.pth path) into ``model``."""
     if weights_str == "none":
-        return model, LoadReport(
-            source="none", replaced_head=True, message="Random initialisation."
-        )
+        return LoadReport(source="none", replaced_head=True, message="Random initialisation.")
     if weights_str == "imagenet":
         path = imagenet_weights_path(arch)
         if not path.is_file():
@@ -315,13 +318,13 @@ def build_classifier(
         except WeightsError as exc:
             raise WeightsError(f"{exc} Delete {path} to download it again.") from exc
         label = f"{path.name} (ImageNet)"
-        return model, apply_state_dict(model, state, arch, source="imagenet", label=label)
+        return apply_state_dict(model, state, arch, source="imagenet", label=label)
     if not Path(weights_str).is_file():
         raise WeightsError(
             f"Weights must be 'imagenet', 'none' or the path of a .pt/.pth (or .pt2) file; "
             f"{weights_str} does not exist."
         )
-    return model, apply_state_dict(model, read_state_dict(weights_str), arch, source=weights_str)
+    return apply_state_dict(model, read_state_dict(weights_str), arch, source=weights_str)
 
 
 def _build_custom(

@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import torch
@@ -271,15 +271,7 @@ def apply_state_dict(
     state = _best_key_layout(state, arch, target)
     if family_of(arch).fixed_size:
         state = _resize_vit_positions(state, target, model)
-    usable: dict[str, torch.Tensor] = {}
-    missing, unexpected, mismatched = [], [], []
-    for key, value in state.items():
-        if key not in target:
-            unexpected.append(key)
-        elif target[key].shape != value.shape:
-            mismatched.append(key)
-        else:
-            usable[key] = value
+    usable, unexpected, mismatched = _match_keys(state, target)
     missing = [k for k in target if k not in state]
     backbone_keys = [k for k in target if k.startswith("backbone.")]
     matched = sum(1 for k in backbone_keys if k in usable)
@@ -302,14 +294,7 @@ def apply_state_dict(
     mismatched_body = [k for k in mismatched if k not in head_keys]
     parts = [f"Loaded {matched} of {len(backbone_keys)} backbone tensors from {label}."]
     if replaced_head:
-        file_head = state.get("head.1.weight")
-        if file_head is not None:
-            parts.append(
-                f"New head for {target['head.1.weight'].shape[0]} classes "
-                f"(the file's head has {file_head.shape[0]} outputs)."
-            )
-        else:
-            parts.append("New head (the file has none).")
+        parts.append(_new_head_note(state, target))
     if missing:
         parts.append(f"Missing in the file ({len(missing)}): {_short(missing)}.")
     if mismatched_body:
@@ -353,6 +338,33 @@ def _short(keys: list[str], n: int = 5) -> str:
     return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
 
 
+def _match_keys(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """Split ``state`` into (tensors that fit ``target``, keys ``target`` lacks, other shapes)."""
+    usable: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    mismatched: list[str] = []
+    for key, value in state.items():
+        if key not in target:
+            unexpected.append(key)
+        elif target[key].shape != value.shape:
+            mismatched.append(key)
+        else:
+            usable[key] = value
+    return usable, unexpected, mismatched
+
+
+def _new_head_note(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> str:
+    file_head = state.get("head.1.weight")
+    if file_head is None:
+        return "New head (the file has none)."
+    return (
+        f"New head for {target['head.1.weight'].shape[0]} classes "
+        f"(the file's head has {file_head.shape[0]} outputs)."
+    )
+
+
 def _resize_vit_positions(
     state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], model: nn.Module
 ) -> dict[str, torch.Tensor]:
@@ -360,9 +372,9 @@ def _resize_vit_positions(
     key = "backbone.encoder.pos_embedding"
     if key not in state or key not in target or state[key].shape == target[key].shape:
         return state
-    from torchvision.models.vision_transformer import interpolate_embeddings
+    from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
 
-    vit = model.backbone
+    vit = cast(VisionTransformer, model.get_submodule("backbone"))  # fixed_size: a ViT
     resized = interpolate_embeddings(
         vit.image_size, vit.patch_size, {"encoder.pos_embedding": state[key]}
     )

@@ -63,8 +63,8 @@ def finding_files(
 ) -> list[FindingFile]:
     """The files behind a finding, matched to their dataset copies by source name."""
     by_source: dict[str, ManifestRow] = {}
-    for row in dataset.all_rows():
-        by_source.setdefault(row.source, row)
+    for manifest_row in dataset.all_rows():
+        by_source.setdefault(manifest_row.source, manifest_row)
     out = []
     for source in finding.files[:limit] if limit else finding.files:
         row = by_source.get(source)
@@ -97,9 +97,8 @@ def cell_predictions(
 
 def true_class_probability(row: dict[str, Any], class_names: Sequence[str]) -> float | None:
     """The probability a prediction row gives to its true class."""
-    probs = row.get("probs")
     try:
-        return float(probs[list(class_names).index(row["true"])])
+        return float(row["probs"][list(class_names).index(row["true"])])
     except (KeyError, ValueError, IndexError, TypeError):
         return None
 

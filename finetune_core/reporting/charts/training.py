@@ -261,7 +261,7 @@ def _series(history: Iterable[dict], metric: str) -> tuple[list[float], list[flo
     return xs, ys
 
 
-def epoch_tick_step(span: int, max_ticks: int = 8) -> int:
+def epoch_tick_step(span: float, max_ticks: int = 8) -> int:
     """A whole-number step (1, 2, 5, 10, 20, 25, 50, 100, ...) giving at most about
     ``max_ticks`` epoch ticks per panel: never half epochs, never a crowded axis."""
     step = 1
