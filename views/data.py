@@ -27,6 +27,7 @@ from finetune_core.data import (
 )
 from finetune_core.data.dataset import Dataset
 from finetune_core.data.health import Finding
+from finetune_core.data.images import UPLOAD_TYPES
 from finetune_core.data.uploads import stage_csv_upload
 from finetune_core.reporting import charts
 from finetune_core.reporting.gallery import class_rows, finding_files
@@ -180,7 +181,7 @@ def classes_tab(name: str, split: SplitSpec) -> None:
             cols[1].file_uploader(
                 "Images",
                 accept_multiple_files=True,
-                type=["jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp"],
+                type=UPLOAD_TYPES,
                 key=f"class_files_{slot}",
             )
             if len(slots) > 2 and cols[2].button(
@@ -192,27 +193,35 @@ def classes_tab(name: str, split: SplitSpec) -> None:
         slots.append(max(slots) + 1)
         st.rerun()
     if st.button("Import classes", key="import_classes_go", type="primary"):
-        uploads, problems, seen = [], [], set()
-        for slot in slots:
-            label = str(st.session_state.get(f"class_name_{slot}", "")).strip()
-            files = st.session_state.get(f"class_files_{slot}") or []
-            if not label and not files:
-                continue
-            if not label:
-                problems.append("Every class with images needs a name.")
-            elif label.lower() in seen:
-                problems.append(f"The class name '{esc(label)}' is used twice.")
-            elif not files:
-                problems.append(f"The class '{esc(label)}' has no images yet.")
-            seen.add(label.lower())
-            uploads += [UploadedFile(f.name, f.getvalue(), label=label) for f in files]
-        if len(seen) < 2 and not problems:
-            problems.append("A classifier needs at least two classes with images.")
+        uploads, problems = _class_uploads(slots)
         if problems:
             for problem in dict.fromkeys(problems):
                 st.error(problem)
         else:
             run_ingest(uploads, name.strip() or default_name(""), split)
+
+
+def _class_uploads(slots: list[int]) -> tuple[list[UploadedFile], list[str]]:
+    """The images of the class slots with their class names, and what stops importing them."""
+    uploads: list[UploadedFile] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    for slot in slots:
+        label = str(st.session_state.get(f"class_name_{slot}", "")).strip()
+        files = st.session_state.get(f"class_files_{slot}") or []
+        if not label and not files:
+            continue
+        if not label:
+            problems.append("Every class with images needs a name.")
+        elif label.lower() in seen:
+            problems.append(f"The class name '{esc(label)}' is used twice.")
+        elif not files:
+            problems.append(f"The class '{esc(label)}' has no images yet.")
+        seen.add(label.lower())
+        uploads += [UploadedFile(f.name, f.getvalue(), label=label) for f in files]
+    if len(seen) < 2 and not problems:
+        problems.append("A classifier needs at least two classes with images.")
+    return uploads, problems
 
 
 def csv_tab(name: str, split: SplitSpec) -> None:

@@ -7,7 +7,7 @@ import io
 import pandas as pd
 import streamlit as st
 
-from finetune_core.data.images import ImageReadError, open_rgb
+from finetune_core.data.images import UPLOAD_TYPES, ImageReadError, open_rgb
 from finetune_core.evaluation.predict import (
     Prediction,
     explain_image,
@@ -21,7 +21,7 @@ from ui.components import error_box, esc, paginate, pick_run
 from ui.services import finished_runs_with_model, get_workspace, load_model
 
 ws = get_workspace()
-IMAGE_TYPES = ["jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp"]
+IMAGE_TYPES = UPLOAD_TYPES
 PER_PAGE = 8
 TOP_K = 5
 PROBABILITY = st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent")

@@ -29,6 +29,8 @@ IMAGE_EXTENSIONS = frozenset(
         ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".avif",
     }
 )  # fmt: skip
+# The same list as file-uploader types (no dot).
+UPLOAD_TYPES = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 
 _ORIENTATION_TAG = 0x0112
 _TRANSPOSE_FOR_ORIENTATION = {

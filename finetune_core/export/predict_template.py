@@ -37,9 +37,10 @@ HERE = Path(__file__).resolve().parent
 LABELS_FILE = "labels.json"
 MODEL_FILE = "model.json"
 PREPROCESSING_FILE = "preprocessing.json"
+# The dashboard's image extensions (finetune_core/data/images.py; a test checks).
 EXTENSIONS = {
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib", ".tif", ".tiff",
-    ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
+    ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".avif",
 }  # fmt: skip
 BATCH_SIZE = 32
 _TRANSPOSE = {
@@ -67,33 +68,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if mode == "RGB" and "transparency" not in image.info:
         return image
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        arr = np.asarray(image)
-        if mode == "F":
-            arr = np.nan_to_num(arr.astype(np.float64))
-            if arr.size and arr.max() <= 1.0 and arr.min() >= 0.0:
-                arr = arr * 255.0
-            grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-        else:
-            wide = arr.astype(np.int64)
-            if mode == "I" and (wide.size == 0 or wide.max() <= 255):
-                grey = np.clip(wide, 0, 255).astype(np.uint8)
-            else:
-                grey = ((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
+        return Image.fromarray(_grey_to_uint8(np.asarray(image), mode), "L").convert("RGB")
     if mode == "CMYK":
-        icc = image.info.get("icc_profile")
-        if icc:
-            try:
-                from PIL import ImageCms  # optional dependency: only CMYK images with a profile
-
-                source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-                srgb = ImageCms.createProfile("sRGB")
-                out = ImageCms.profileToProfile(image, source, srgb, outputMode="RGB")
-                if out is not None:
-                    return out
-            except Exception:
-                pass
-        return image.convert("RGB")
+        return _cmyk_to_rgb(image)
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         "transparency" in image.info and mode in ("P", "L", "RGB", "1")
     ):
@@ -101,6 +78,35 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
+    return image.convert("RGB")
+
+
+def _grey_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit, 32-bit integer or float greyscale scaled to 0..255."""
+    if mode == "F":
+        arr = np.nan_to_num(arr.astype(np.float64))
+        if arr.size and arr.max() <= 1.0 and arr.min() >= 0.0:
+            arr = arr * 255.0
+        return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    wide = arr.astype(np.int64)
+    if mode == "I" and (wide.size == 0 or wide.max() <= 255):
+        return np.clip(wide, 0, 255).astype(np.uint8)
+    return ((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _cmyk_to_rgb(image: Image.Image) -> Image.Image:
+    icc = image.info.get("icc_profile")
+    if icc:
+        try:
+            from PIL import ImageCms  # optional dependency: only CMYK images with a profile
+
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            srgb = ImageCms.createProfile("sRGB")
+            out = ImageCms.profileToProfile(image, source, srgb, outputMode="RGB")
+            if out is not None:
+                return out
+        except Exception:
+            pass
     return image.convert("RGB")
 
 

@@ -316,8 +316,8 @@ def feature_scaling(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 @torch.no_grad()
 def unfold_scaling(linear: nn.Linear, mu: torch.Tensor, sigma: torch.Tensor) -> None:
     """Turn a head trained on raw features into one for standardised features."""
-    linear.bias += linear.weight @ mu
-    linear.weight *= sigma
+    linear.bias.add_(linear.weight @ mu)
+    linear.weight.mul_(sigma)
 
 
 @contextlib.contextmanager
@@ -325,8 +325,8 @@ def folded_scaling(linear: nn.Linear, mu: torch.Tensor, sigma: torch.Tensor) -> 
     """Temporarily fold the standardisation into the head: W' = W / sigma, b' = b - W' mu."""
     weight, bias = linear.weight.detach().clone(), linear.bias.detach().clone()
     with torch.no_grad():
-        linear.weight /= sigma
-        linear.bias -= linear.weight @ mu
+        linear.weight.div_(sigma)
+        linear.bias.sub_(linear.weight @ mu)
     try:
         yield
     finally:

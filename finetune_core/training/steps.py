@@ -67,7 +67,7 @@ def validate_images(t: Any) -> dict[str, float | None]:
     if not len(data):
         return {"val_loss": None, "val_accuracy": None}
     t.model.eval()
-    total_loss, correct = 0.0, 0
+    total_loss, correct = 0.0, 0.0
     bs = max(t.batch_size * 2, 64)
     rows = torch.arange(len(data))
     if t.dist.enabled:  # rank 0's model everywhere, each rank a share of the images
@@ -83,7 +83,7 @@ def validate_images(t: Any) -> dict[str, float | None]:
         with devices.autocast(t.device, t.amp_dtype):
             out = t.model(xb)
         total_loss += float(F.cross_entropy(out.float(), yb, reduction="sum"))
-        correct += int((out.argmax(1) == yb).sum())
+        correct += float((out.argmax(1) == yb).sum())
     n = len(data)
     if t.dist.enabled:
         total_loss, correct = ddp.all_sum([total_loss, correct], t.dist)

@@ -24,7 +24,9 @@ from torch import nn
 
 from finetune_core import device as devices
 from finetune_core.config import RunConfig
+from finetune_core.data.cache import DecodedImages
 from finetune_core.models.checkpoint import load_checkpoint
+from finetune_core.models.classifier import Classifier
 from finetune_core.runs import RunPaths, write_summary
 from finetune_core.training import ddp, setup
 from finetune_core.training.callbacks import (
@@ -66,6 +68,20 @@ class Trainer:
     ``persist=False`` (the LR finder) trains without validation and writes nothing to the
     run folder: no checkpoints, history or summary.
     """
+
+    # Set up by training.setup before the loop starts.
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    model: Classifier
+    groups: list[list[nn.Parameter]]
+    class_names: list[str]
+    mean: torch.Tensor
+    std: torch.Tensor
+    train_data: DecodedImages
+    val_data: DecodedImages
+    class_counts: torch.Tensor
+    class_weights: torch.Tensor | None
+    batch_size: int
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from finetune_core.data import open_rgb
+from finetune_core.data.images import IMAGE_EXTENSIONS
 from finetune_core.export import FORMATS, TOLERANCE, BundlePaths, export_run, predict_template
 from finetune_core.export.bundle import template_source
 from finetune_core.export.writers import WRITERS
@@ -141,3 +142,16 @@ def test_predict_py_runs_as_itself_in_an_unzipped_export(
     path, label, prob = proc.stdout.strip().split("\t")
     assert path == images[0] and label == loaded.class_names[int(expected[0].argmax())]
     assert float(prob) == pytest.approx(float(expected[0].max()), abs=1e-4)
+
+
+def test_the_template_knows_the_dashboards_image_extensions() -> None:
+    """The stand-alone script cannot import finetune_core, so it keeps a copy: the same one."""
+    template = (Path(predict_template.__file__)).read_text()
+    tree = ast.parse(template)
+    [value] = [
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "EXTENSIONS" for t in node.targets)
+    ]
+    assert set(ast.literal_eval(value)) == set(IMAGE_EXTENSIONS)
