@@ -32,7 +32,7 @@ from finetune_core.jobs.manager import JobManager, read_history
 from finetune_core.models import classifier as models
 from finetune_core.models.checkpoint import load_checkpoint, save_checkpoint
 from finetune_core.store import RunRecord, RunStatus, StoreError, Workspace
-from finetune_core.training import trainer as trainer_module
+from finetune_core.training import setup
 from finetune_core.training.events import Callback
 from tests.helpers.processes import claim_and_update, hold_write_lock
 
@@ -202,7 +202,7 @@ def test_out_of_memory_at_the_smallest_batch_fails_with_advice_and_the_queue_mov
         model._doomed = args[1] == 3  # only the first run's model (3 classes) runs out
         return model, report
 
-    monkeypatch.setattr(trainer_module, "build_classifier", build)  # the name the trainer calls
+    monkeypatch.setattr(setup, "build_classifier", build)  # the name the trainer's setup calls
     other = create_demo_dataset(ws, per_class=6, size=32, classes=2)
     doomed = manager.submit(quick(ds.id, batch_size=8))
     fine = manager.submit(quick(other.id, strategy="probe"))

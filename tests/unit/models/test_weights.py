@@ -27,6 +27,7 @@ from finetune_core.models.weights import (
     imagenet_weights_path,
     read_state_dict,
 )
+from tests.helpers.pretrained import export_efficientnet_lite0_backbone, export_random_backbone
 
 
 @pytest.fixture(autouse=True)
@@ -367,7 +368,6 @@ def test_other_image_size_and_bad_files(tmp_path):
 # ------------------------------------------------- a real pretrained backbone offline
 @pytest.fixture(scope="module")
 def lite0_exports(tmp_path_factory):
-    from pretrained import export_efficientnet_lite0_backbone, export_random_backbone
 
     folder = tmp_path_factory.mktemp("lite0")
     return {

@@ -16,7 +16,7 @@ from finetune_core.data import create_demo_dataset
 from finetune_core.data.cache import decoded_split
 from finetune_core.models.checkpoint import load_checkpoint
 from finetune_core.models.loaded import load_run_model
-from finetune_core.runs import RunFolder, RunPaths
+from finetune_core.runs import RunFolder, RunPaths, save_config
 from finetune_core.store import Workspace
 from finetune_core.training.callbacks import Best, BestMetric
 from finetune_core.training.events import Callback
@@ -164,7 +164,9 @@ def test_a_from_scratch_checkpoint_evaluates_to_its_validation_accuracy(
 ) -> None:
     """One accuracy per checkpoint, for a network whose BatchNorm statistics are trained."""
     ws, ds = demo
-    result = Trainer(config(ds.id, epochs=3), ds, tmp_path, ws.cache_dir).fit()
+    cfg = config(ds.id, epochs=3)
+    result = Trainer(cfg, ds, tmp_path, ws.cache_dir).fit()
+    save_config(RunPaths(tmp_path), cfg)  # what the job manager and the CLI write
     loaded = load_run_model(RunFolder(tmp_path), "best")
     val = decoded_split(ds, "val", 32, ws.cache_dir)
     accuracy = float((loaded.predict_uint8(val.images).argmax(1) == val.labels.numpy()).mean())
