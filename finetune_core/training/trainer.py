@@ -369,7 +369,10 @@ class Trainer:
         """Everything a checkpoint holds; the phase decides how the model is saved."""
         phase = self.phase
         with phase.saving(self) if phase is not None else contextlib.nullcontext():
-            model_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            # a copy on the CPU: the phase may change the weights back after this block
+            model_state = {
+                k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
+            }
         return {
             "model_state": model_state,
             "arch": self.cfg.model,
