@@ -157,6 +157,13 @@ class ProgressReporter(Callback):
     def after_epoch(self, trainer: Any) -> None:
         self.state.update(history=tuple(trainer.history), **trainer.live_numbers())
 
+    def on_setup(self, trainer: Any, what: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval and done != total:
+            return
+        self._last = now
+        self.state.update(phase=what, step=done, steps=total)
+
     def on_log(self, trainer: Any, message: str) -> None:
         self.state.log(message)
 
@@ -196,6 +203,10 @@ class ProgressFile(ProgressReporter):
     def after_batch(self, trainer: Any) -> None:
         super().after_batch(trainer)
         self._flush()
+
+    def on_setup(self, trainer: Any, what: str, done: int, total: int) -> None:
+        super().on_setup(trainer, what, done, total)
+        self._flush(force=done == total)
 
     def after_epoch(self, trainer: Any) -> None:
         super().after_epoch(trainer)

@@ -50,9 +50,7 @@ def build_model(t: Any) -> None:
         weights,
         dropout=cfg.dropout,
         image_size=cfg.image_size,
-        progress=lambda done, total: (
-            t.log(f"downloading weights: {done}/{total}") if done == total else None
-        ),
+        progress=lambda done, total: t.setup_progress("downloading weights", done, total),
     )
     if report.message:
         t.log(report.message)
@@ -71,8 +69,14 @@ def build_model(t: Any) -> None:
 
 def load_data(t: Any) -> None:
     size = t.cfg.image_size
-    t.train_data = decoded_split(t.dataset, "train", size, t.cache_dir)
-    t.val_data = decoded_split(t.dataset, "val", size, t.cache_dir)
+    t.train_data = decoded_split(
+        t.dataset, "train", size, t.cache_dir,
+        progress=lambda d, n: t.setup_progress("decoding train images", d, n),
+    )  # fmt: skip
+    t.val_data = decoded_split(
+        t.dataset, "val", size, t.cache_dir,
+        progress=lambda d, n: t.setup_progress("decoding validation images", d, n),
+    )  # fmt: skip
     if len(t.train_data) == 0:
         raise TrainingError("The dataset has no training images; add images or re-split it.")
     if len(t.val_data) == 0:

@@ -170,6 +170,11 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_log(self, message)
 
+    def setup_progress(self, what: str, done: int, total: int) -> None:
+        """Progress of a step before the loop (``what``: e.g. "decoding train images")."""
+        for cb in self.callbacks:
+            cb.on_setup(self, what, done, total)
+
     # ------------------------------------------------------------------ fit
     def fit(self) -> TrainResult:
         self._fit_start = time.monotonic()

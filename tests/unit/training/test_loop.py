@@ -18,6 +18,7 @@ from finetune_core.models.checkpoint import load_checkpoint
 from finetune_core.models.loaded import load_run_model
 from finetune_core.runs import RunFolder, RunPaths, save_config
 from finetune_core.store import Workspace
+from finetune_core.training import setup
 from finetune_core.training.callbacks import Best, BestMetric
 from finetune_core.training.events import Callback
 from finetune_core.training.schedules import LRSchedule, lr_factor
@@ -171,3 +172,21 @@ def test_a_from_scratch_checkpoint_evaluates_to_its_validation_accuracy(
     val = decoded_split(ds, "val", 32, ws.cache_dir)
     accuracy = float((loaded.predict_uint8(val.images).argmax(1) == val.labels.numpy()).mean())
     assert accuracy == pytest.approx(result.best_val_accuracy, abs=1e-6)
+
+
+def test_decoding_reports_its_progress_as_a_setup_step(demo, tmp_path: Path) -> None:
+    """Before the loop, decoding the images is progress of its own (not a fake epoch 0)."""
+    ws, ds = demo
+    seen: list[tuple[str, int, int]] = []
+
+    class Setup(Callback):
+        def on_setup(self, trainer: Any, what: str, done: int, total: int) -> None:
+            seen.append((what, done, total))
+
+    trainer = Trainer(config(ds.id), ds, tmp_path, tmp_path / "fresh-cache", callbacks=[Setup()])
+    setup.build_model(trainer)
+    setup.load_data(trainer)
+    decoding = {what: (done, total) for what, done, total in seen}
+    assert decoding["decoding train images"] == (len(trainer.train_data),) * 2
+    assert decoding["decoding validation images"] == (len(trainer.val_data),) * 2
+    assert trainer.epoch == 0 and trainer.history == []
