@@ -1,9 +1,11 @@
-"""Shared fixtures (a fresh workspace per test) and the rule that keeps ``make test-fast``
-fast: a test not marked ``slow`` must not train a model (``Trainer.fit`` fails it)."""
+"""Shared fixtures (a fresh workspace per test), the rule that keeps ``make test-fast``
+fast (a test not marked ``slow`` must not train a model: ``Trainer.fit`` fails it), and
+test isolation: ``sys.modules["__main__"]`` is put back after every test."""
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,10 @@ import pytest
 from finetune_core.store import Workspace
 from finetune_core.training.trainer import Trainer
 
+# Streamlit's AppTest runs app.py as ``__main__`` and leaves it there; a "spawn" process
+# started by a later test would then run the whole app (and its job manager) on import.
+MAIN_MODULE = sys.modules["__main__"]
+
 TRAINS = "{} trains a model (Trainer.fit): mark it @pytest.mark.slow so make test-fast stays fast"
 
 
@@ -21,6 +27,12 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     root = tmp_path / "ws"
     monkeypatch.setenv("FINETUNE_WORKSPACE", str(root))
     return Workspace(root)
+
+
+@pytest.fixture(autouse=True)
+def _restore_main_module() -> Iterator[None]:
+    yield
+    sys.modules["__main__"] = MAIN_MODULE
 
 
 @contextlib.contextmanager
