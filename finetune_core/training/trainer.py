@@ -117,7 +117,8 @@ class Trainer:
         self.phase: Phase | None = None
         self.phase_index = 0
         self.epoch = 0
-        self.step = 0
+        self.step = 0  # the batch in progress (0-based)
+        self.batches_done = 0
         self.steps = 0
         self.loss: torch.Tensor | None = None
         self.lr = 0.0
@@ -231,14 +232,15 @@ class Trainer:
         """One epoch (or extraction pass); after an out-of-memory error, again at half the batch."""
         while True:
             try:
+                self._start_tally()
+                self.step, self.batches_done, self.steps = 0, 0, phase.steps(self)
                 with self.event(phase.event):
-                    self._start_tally()
-                    self.steps = phase.steps(self)
                     for step, batch in enumerate(phase.batches(self)):
                         self.step = step
                         self.lr = phase.set_lr(self) or self.lr
                         with self.event("batch"):
                             self.loss = phase.step(self, batch)
+                            self.batches_done = step + 1
                     self.metrics = self._end_pass(phase)
                 return
             except Exception as exc:
@@ -438,14 +440,14 @@ class Trainer:
         patience = next((cb for cb in self.callbacks if isinstance(cb, EarlyStopping)), None)
         return {
             "epoch": self.epoch if trains else len(self.history),
-            "step": self.step + 1 if self.steps else 0,
+            "step": self.batches_done,
             "steps": self.steps,
             "phase": phase.name if phase is not None else "",
             "train_loss": loss if trains else None,
             "lr": self.lr,
             "images_per_second": self.pace.images_per_second(),
             "eta_seconds": self.pace.eta(
-                step=self.step + 1 if self.steps else 0,
+                step=self.batches_done,
                 steps=self.steps,
                 epochs_left=epochs_left,
                 elapsed=self.train_seconds,
