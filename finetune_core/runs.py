@@ -3,7 +3,7 @@ its summary (``metrics.json``) and epoch history (``metrics.jsonl``).
 
 Layout (``RunPaths``): ``config.json`` (RunConfig), ``run.json`` (environment, dataset,
 CLI command), ``metrics.jsonl`` (one line per epoch), ``metrics.json`` (summary, with
-``status``), ``checkpoints/best.pt`` and ``last.pt``, optionally ``backbone.pt2``;
+``status``), ``checkpoints/best.pt`` and ``last.pt``, ``run.log``, optionally ``backbone.pt2``;
 torchrun runs add ``progress.json``, ``launch.log`` and ``rank-errors/``; evaluation adds
 ``eval.json``, ``predictions.csv``, ``report.html`` and ``export/``. The dashboard's
 runs live in the workspace; CLI runs may live anywhere. Everything else asks this module.
@@ -66,6 +66,11 @@ class RunPaths:
     @property
     def progress(self) -> Path:
         return self.root / "progress.json"
+
+    @property
+    def log(self) -> Path:
+        """The run's own log: one line per message (early stopping, OOM halving, weights)."""
+        return self.root / "run.log"
 
     @property
     def launch_log(self) -> Path:
