@@ -88,26 +88,42 @@ def test_spec_problems():
     assert SplitSpec.from_dict(SplitSpec(0.7, 0.2, 0.1, 5).to_dict()) == SplitSpec(0.7, 0.2, 0.1, 5)
 
 
-def test_fingerprint_depends_on_contents_labels_and_split(workspace: Workspace, tmp_path: Path):
+def test_fingerprint_depends_on_contents_names_labels_and_split(
+    workspace: Workspace, tmp_path: Path
+):
     root = make_tree(tmp_path / "d", {"a": 10, "b": 10})
-    fp = ingest(workspace, root, name="one").dataset.fingerprint
-    # same data, different file names and folder: same fingerprint
-    renamed = tmp_path / "renamed"
-    shutil.copytree(root, renamed)
-    for path in sorted((renamed / "a").iterdir()):
-        path.rename(path.with_name("x_" + path.name))
-    assert ingest(workspace, renamed, name="two").dataset.fingerprint == fp
+    ds = ingest(workspace, root, name="one").dataset
+    fp = ds.fingerprint
+    # the same files in another folder: same fingerprint, same training order
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(root, moved)
+    again = ingest(workspace, moved, name="copy").dataset
+    assert again.fingerprint == fp
+    assert [r.sha256 for r in again.rows("train")] == [r.sha256 for r in ds.rows("train")]
+    # renaming one file reorders what training reads, so the fingerprint changes
+    first = sorted((moved / "a").iterdir())[0]
+    first.rename(first.with_name("z_" + first.name))
+    renamed = ingest(workspace, moved, name="two").dataset
+    assert renamed.fingerprint != fp
+    # (contents, labels and splits are unchanged: the v1 fingerprint missed this)
+    assert sorted((r.sha256, r.label, r.split) for r in renamed.rows()) == sorted(
+        (r.sha256, r.label, r.split) for r in ds.rows()
+    )
     # a different seed moves images between splits
     assert ingest(workspace, root, name="seed", split=SplitSpec(seed=1)).dataset.fingerprint != fp
     # one image moved to the other class
-    shutil.move(renamed / "a" / "x_img_000.jpg", renamed / "b" / "moved.jpg")
-    assert ingest(workspace, renamed, name="relabel").dataset.fingerprint != fp
+    shutil.move(moved / "a" / "img_001.jpg", moved / "b" / "moved.jpg")
+    assert ingest(workspace, moved, name="relabel").dataset.fingerprint != fp
 
 
 def test_fingerprint_function():
     rows = [ManifestRow("p1", "a", "train", "s1"), ManifestRow("p2", "b", "val", "s2")]
     fp = dataset_fingerprint(rows, ["a", "b"])
-    assert fp == dataset_fingerprint(list(reversed(rows)), ["b", "a"]) and len(fp) == 64
+    assert fp == dataset_fingerprint(rows, ["b", "a"]) and len(fp) == 64
+    assert fp == "2c241687473019c53eab2a2c1747c384e2f949a80770648b6cb51809a421f329"
+    # order and names are what training reads: both change the fingerprint
+    assert fp != dataset_fingerprint(list(reversed(rows)), ["a", "b"])
+    assert fp != dataset_fingerprint([ManifestRow("p0", "a", "train", "s1"), rows[1]], ["a", "b"])
     assert fp != dataset_fingerprint([rows[0], ManifestRow("p2", "b", "test", "s2")], ["a", "b"])
     assert fp != dataset_fingerprint([rows[0], ManifestRow("p2", "a", "val", "s2")], ["a", "b"])
     assert fp != dataset_fingerprint([rows[0], ManifestRow("p2", "b", "val", "s3")], ["a", "b"])
