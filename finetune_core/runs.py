@@ -3,7 +3,8 @@ its summary (``metrics.json``) and epoch history (``metrics.jsonl``).
 
 Layout (``RunPaths``): ``config.json`` (RunConfig), ``run.json`` (environment, dataset,
 CLI command), ``metrics.jsonl`` (one line per epoch), ``metrics.json`` (summary, with
-``status``), ``checkpoints/best.pt`` and ``last.pt``, ``run.log``, optionally ``backbone.pt2``;
+``status``), ``checkpoints/best.pt`` and ``last.pt``, ``run.log``, optionally ``backbone.pt2``
+or ``initial-weights.pt`` (its own copy of the weights file it started from);
 torchrun runs add ``progress.json``, ``launch.log`` and ``rank-errors/``; evaluation adds
 ``eval.json``, ``predictions.csv``, ``report.html`` and ``export/``. The dashboard's
 runs live in the workspace; CLI runs may live anywhere. Everything else asks this module.
@@ -20,6 +21,8 @@ from typing import Any
 from finetune_core.config import RunConfig
 from finetune_core.fsutil import atomic_write_json, atomic_write_text, read_json
 from finetune_core.store import RunRecord, StoreError, Workspace, is_workspace
+
+NAMED_WEIGHTS = ("imagenet", "none", "")  # RunConfig.weights values that are not files
 
 
 class RunError(Exception):
@@ -62,6 +65,19 @@ class RunPaths:
     def backbone(self) -> Path:
         """A custom ``.pt2`` backbone, copied into the run so it never depends on the upload."""
         return self.root / "backbone.pt2"
+
+    @property
+    def initial_weights(self) -> Path:
+        """The ``state_dict`` file training started from, copied into the run like the
+        backbone (the trained weights are in the checkpoints)."""
+        return self.root / "initial-weights.pt"
+
+    def own_weights(self, weights: str) -> Path | None:
+        """The run's own copy of the weights file ``weights`` names (a RunConfig.weights);
+        None for ``imagenet`` and ``none``, which are not files."""
+        if weights in NAMED_WEIGHTS:
+            return None
+        return self.backbone if weights.endswith(".pt2") else self.initial_weights
 
     @property
     def progress(self) -> Path:
@@ -183,6 +199,13 @@ def write_info(paths: RunPaths, info: dict[str, Any]) -> None:
     atomic_write_json(paths.info, info)
 
 
+def update_info(paths: RunPaths, **changes: Any) -> dict[str, Any]:
+    """Merge ``changes`` into run.json (e.g. the environment, once training has set it up)."""
+    info = {**read_info(paths), **changes}
+    write_info(paths, info)
+    return info
+
+
 def save_config(paths: RunPaths, config: RunConfig) -> None:
     config.save(paths.config)
 
@@ -203,7 +226,8 @@ class RunFolder:
 
     @property
     def id(self) -> str:
-        return self.path.name
+        """The run's id: run.json's (a CLI run registered in a workspace), else the folder name."""
+        return str(self.info.get("run_id") or self.path.name)
 
     def checkpoint_path(self, which: str = "best") -> Path:
         return self.paths.checkpoint(which)

@@ -20,7 +20,6 @@ from typing import Any
 from finetune_core import runs
 from finetune_core.config import ConfigError, RunConfig
 from finetune_core.data import DatasetNotFound, load_dataset
-from finetune_core.device import device_info
 from finetune_core.jobs import launcher
 from finetune_core.jobs.launcher import MULTI_NODE_FROM_CLI
 from finetune_core.runs import RunPaths
@@ -387,51 +386,54 @@ def _describe(exc: BaseException) -> str:
 
 
 def write_run_info(
-    run_dir: Path, config: RunConfig, dataset: Any, workspace: Workspace | None = None
+    run_dir: Path,
+    config: RunConfig,
+    dataset: Any,
+    workspace: Workspace | None = None,
+    *,
+    run_id: str | None = None,
 ) -> None:
-    """The run's info file: environment, dataset fingerprint and the equivalent CLI command.
+    """The run's info file: dataset fingerprint and the equivalent CLI command (the
+    trainer adds the environment it runs in, see training.setup.environment).
 
     ``workspace`` is recorded for run folders outside the workspace (CLI runs), so
-    evaluation can find the dataset again.
+    evaluation can find the dataset again; ``run_id`` is the id of a CLI run in the
+    workspace's table (default: the folder's name, as for the dashboard's runs).
     """
-    import platform
-
-    import torch
-    import torchvision
-
-    info = device_info()
     runs.write_info(
         RunPaths(run_dir),
         {
-            "run_id": Path(run_dir).name,
+            "run_id": run_id or Path(run_dir).name,
             "workspace": str(workspace.root) if workspace is not None else None,
             "dataset_id": dataset.id,
             "dataset_name": dataset.record.name,
             "dataset_fingerprint": dataset.fingerprint,
             "class_names": dataset.class_names,
-            "environment": {
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "torchvision": torchvision.__version__,
-                "platform": platform.platform(),
-                "device": info.name,
-                "bf16": info.bf16,
-            },
-            "cli": cli_command(config),
+            "cli": cli_command(config, run_dir, workspace),
         },
     )
 
 
-def cli_command(config: RunConfig) -> str:
-    """The equivalent command line for a config (shown on the setup page and stored)."""
+def cli_command(
+    config: RunConfig, run_dir: Path | None = None, workspace: Workspace | None = None
+) -> str:
+    """The equivalent command line for a config (shown on the setup page and stored).
+
+    With ``run_dir`` (the command recorded in run.json) a weights file is the run's own
+    copy, which stays when the upload is gone; ``workspace`` names where the dataset is.
+    """
     import shlex
 
     defaults = RunConfig()
+    own = RunPaths(run_dir).own_weights(config.weights) if run_dir is not None else None
+    weights = str(own.resolve()) if own is not None else config.weights
     parts = [
-        "python -m finetune_core train",
+        "python -m finetune_core"
+        + (f" --workspace {shlex.quote(str(workspace.root))}" if workspace else "")
+        + " train",
         f"--data {shlex.quote(config.dataset or 'DATASET')}",
         f"--model {config.model}",
-        f"--weights {shlex.quote(config.weights)}",
+        f"--weights {shlex.quote(weights)}",
         f"--strategy {config.strategy}",
         f"--epochs {config.epochs}",
         f"--image-size {config.image_size}",

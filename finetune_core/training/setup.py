@@ -1,17 +1,24 @@
 """Setting up a run before the loop: seeds, threads, device, the model, the decoded data
-and the batch size. Functions of the Trainer they set up, kept apart from the loop."""
+and the batch size, and the record of the environment it all ran in (run.json).
+Functions of the Trainer they set up, kept apart from the loop."""
 
 from __future__ import annotations
 
+import platform
 import random
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL
 import torch
+import torchvision
 
+import finetune_core
 from finetune_core import device as devices
+from finetune_core import runs
 from finetune_core.data.cache import decoded_split
 from finetune_core.models.classifier import build_classifier
 from finetune_core.training import ddp
@@ -36,14 +43,10 @@ def build_model(t: Any) -> None:
     t.amp_dtype = devices.resolve_precision(cfg.mixed_precision, t.device)
     if t.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick kernels
+    if t.persist and t.dist.is_main:  # before the weights load, so failed runs have it too
+        runs.update_info(t.paths, environment=environment(t))
     t.class_names = list(t.dataset.class_names)
-    weights = cfg.weights
-    if weights.endswith(".pt2") and t.persist:
-        # Keep the backbone with the run so evaluation and export never depend on the upload.
-        local = t.paths.backbone
-        if Path(weights).resolve() != local.resolve():
-            shutil.copyfile(weights, local)
-        weights = str(local)
+    weights = own_weights(t, cfg.weights) if t.persist else cfg.weights
     t.model, report = build_classifier(
         cfg.model,
         len(t.class_names),
@@ -65,6 +68,77 @@ def build_model(t: Any) -> None:
         f"params) on {t.device}, precision {t.amp_dtype or 'fp32'}, "
         f"{len(t.groups)} groups"
     )
+
+
+def own_weights(t: Any, weights: str) -> str:
+    """The run's own copy of a weights file (a .pt2 backbone or a state_dict), so that
+    evaluation, export, resume and the recorded command never depend on the upload."""
+    local = t.paths.own_weights(weights)
+    if local is None:
+        return weights
+    source = Path(weights)
+    if source.is_file() and source.resolve() != local.resolve():
+        shutil.copyfile(source, local)
+    # An upload that has vanished since (resume) is fine once the run has its copy; with
+    # neither, build_classifier says which file is missing.
+    return str(local) if local.is_file() else weights
+
+
+def environment(t: Any) -> dict[str, Any]:
+    """What the numbers depend on beyond config and data: versions, threads, hardware."""
+    commit, dirty = git_state(Path(finetune_core.__file__).resolve().parent.parent)
+    return {
+        "finetune_dashboard": finetune_core.__version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),  # what set_threads gave us, never 0
+        "processes": t.dist.world_size,
+        "device": str(t.device),
+        "gpu": torch.cuda.get_device_name(t.device) if t.device.type == "cuda" else None,
+        "cuda": torch.version.cuda if t.device.type == "cuda" else None,
+    }
+
+
+def git_state(source: Path) -> tuple[str | None, bool | None]:
+    """(commit, has uncommitted changes) of the product's source tree when it is a git
+    checkout; (None, None) otherwise (an installed package, no git): never fails."""
+    if not (source / ".git").exists():
+        return None, None
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+        if head.returncode != 0:
+            return None, None
+        status = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+    return head.stdout.strip() or None, dirty
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what platform knows)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def load_data(t: Any) -> None:
