@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +78,34 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContext
     if dtype is None:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# The precision every figure of a checkpoint is computed in: validation (which picks and
+# scores the best checkpoint), evaluation, predict and the exports. Training steps may
+# use mixed precision (RunConfig.mixed_precision); the numbers a user reads never do.
+INFERENCE_PRECISION = "fp32"
+_PRECISION_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """bf16, fp16 or fp32 (no autocast) for an autocast dtype."""
+    return _PRECISION_NAMES.get(dtype, "fp32") if dtype is not None else "fp32"
+
+
+@contextmanager
+def full_precision(device: torch.device) -> Iterator[None]:
+    """Plain fp32 on ``device``: autocast off (even inside an autocast block) and, on
+    CUDA, no TF32 in convolutions or matmuls (cuDNN uses TF32 by default)."""
+    with torch.autocast(device_type=device.type, enabled=False):
+        if device.type != "cuda":
+            yield
+            return
+        cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
 
 
 def set_threads(num_threads: int) -> int:

@@ -62,7 +62,9 @@ def model_caption(run: RunRecord, model: LoadedModel) -> None:
 @st.cache_data(max_entries=64, show_spinner=False)
 def activation_map(run_id: str, data: bytes, _model: LoadedModel) -> tuple[bytes, str]:
     """Grad-CAM overlay PNG and note (cached per run and image; the model is not hashed)."""
-    result = explain_image(_model, open_rgb(data))
+    # The bytes, not a decoded image: the same preprocessing as the top-k, so the map
+    # explains exactly the tensor that was classified.
+    result = explain_image(_model, data)
     buffer = io.BytesIO()
     result.overlay.save(buffer, "PNG")
     return buffer.getvalue(), result.note

@@ -1,5 +1,9 @@
 """The decoded-image cache: every image decoded and resized once into uint8 tensors.
 
+The pixels are exactly ``preprocess.preprocess_for_inference``'s (full decode, the one
+resize and crop), so a cached image equals what predict and the exports compute from
+the original file: the cache is lossless with respect to inference.
+
 Training then reads batches straight from memory (or a memory-mapped file when the
 cache is larger than the RAM budget) and augments them on the training device, so no
 epoch decodes a JPEG again. Cache files are keyed by dataset fingerprint, split and
@@ -21,7 +25,11 @@ import torch
 from PIL import Image
 
 from finetune_core.data.images import open_rgb
+from finetune_core.data.preprocess import PREPROCESS_VERSION, resize_center_crop, to_uint8_chw
 from finetune_core.fsutil import atomic_write
+
+# Re-exported: the resize and crop live in preprocess.py, the one preprocessing.
+__all__ = ["DecodedImages", "build_decoded", "decoded_split", "resize_center_crop", "to_uint8_chw"]
 
 DEFAULT_RAM_BUDGET_MB = int(os.environ.get("FINETUNE_CACHE_RAM_MB", "4096"))
 
@@ -69,30 +77,9 @@ def _read_exactly(fd: int, into: np.ndarray, offset: int) -> None:
         view, offset = view[got:], offset + got
 
 
-def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to ``size`` and crop the centre square (also used by predict)."""
-    w, h = image.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    left, top = (nw - size) // 2, (nh - size) // 2
-    if nw * nh > 16 * size * size:
-        # A very long, thin image (say 60000x1) would resize to gigapixels: resample only
-        # the source region the centre crop keeps.
-        sx, sy = w / nw, h / nh
-        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-        return image.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
-    image = image.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    return image.crop((left, top, left + size, top + size))
-
-
-def to_uint8_chw(image: Image.Image, size: int) -> np.ndarray:
-    arr = np.asarray(resize_center_crop(image.convert("RGB"), size), dtype=np.uint8)
-    return arr.transpose(2, 0, 1)
-
-
 def _cache_key(fingerprint: str, split: str, size: int, paths: Sequence[str]) -> str:
     digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()[:12]
-    return f"{fingerprint[:16]}-{split}-{size}-{digest}"
+    return f"{fingerprint[:16]}-{split}-{size}-p{PREPROCESS_VERSION}-{digest}"
 
 
 def build_decoded(

@@ -16,9 +16,9 @@ from PIL import Image
 
 from finetune_core.data.archive import IngestLimits, check_zip, open_zip
 from finetune_core.data.augment import normalize
-from finetune_core.data.cache import to_uint8_chw
-from finetune_core.data.images import IMAGE_EXTENSIONS, ImageReadError, open_rgb
+from finetune_core.data.images import IMAGE_EXTENSIONS, ImageReadError, ImageSource
 from finetune_core.data.layout import ignore_reason
+from finetune_core.data.preprocess import preprocess_for_inference
 from finetune_core.evaluation.gradcam import explain, overlay
 from finetune_core.models.loaded import LoadedModel
 
@@ -113,9 +113,8 @@ def predict_stream(
     for done, (name, data) in enumerate(items, start=1):
         pred = Prediction(name=name)
         pending.append(pred)
-        try:
-            image = open_rgb(data, reduce_to=model.image_size)
-            batch.append((pred, to_uint8_chw(image, model.image_size)))
+        try:  # the one preprocessing: evaluation's and the exports' pixels
+            batch.append((pred, preprocess_for_inference(data, model.image_size)))
         except ImageReadError as exc:
             pred.error = exc.reason
         except OSError as exc:
@@ -154,11 +153,12 @@ class Explanation:
 
 
 def explain_image(
-    model: LoadedModel, image: Image.Image, class_index: int | None = None
+    model: LoadedModel, image: ImageSource | Image.Image, class_index: int | None = None
 ) -> Explanation:
-    """Grad-CAM (or saliency, where the model has no conv feature map) for one image."""
+    """Grad-CAM (or saliency, where the model has no conv feature map) for one image file
+    or decoded image, on the pixels predict uses (``preprocess_for_inference``)."""
 
-    arr = to_uint8_chw(image, model.image_size)
+    arr = preprocess_for_inference(image, model.image_size)
     view = Image.fromarray(arr.transpose(1, 2, 0))
     mean = torch.tensor(model.mean, device=model.device)
     std = torch.tensor(model.std, device=model.device)

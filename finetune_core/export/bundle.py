@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torchvision
 
+from finetune_core.data.preprocess import inference_spec
 from finetune_core.export.formats import ARTEFACTS
 from finetune_core.fsutil import atomic_write_bytes, atomic_write_json, read_json
 from finetune_core.models.backbone import family_of
@@ -105,19 +106,9 @@ def model_meta(
 
 
 def preprocessing_spec(loaded: LoadedModel) -> dict[str, Any]:
-    """How to turn an image file into the model's input, exactly as training did."""
-    return {
-        "image_size": loaded.image_size,
-        "color": "RGB; transparency composited on white; EXIF orientation applied",
-        "resize": "shorter side to image_size, then centre crop image_size x image_size",
-        "interpolation": "bilinear",
-        "scale": "pixel / 255 -> float32 in [0, 1]",
-        "mean": [float(v) for v in loaded.mean],
-        "std": [float(v) for v in loaded.std],
-        "normalize": "(x - mean) / std per channel",
-        "layout": "NCHW",
-        "dtype": "float32",
-    }
+    """How to turn an image file into the model's input: ``data.preprocess``'s own spec
+    of what it does (the code that prepared training's, evaluation's and predict's pixels)."""
+    return inference_spec(loaded.image_size, loaded.mean, loaded.std)
 
 
 def write_verification(bundle: BundlePaths, check: dict[str, Any]) -> None:

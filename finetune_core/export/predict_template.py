@@ -9,8 +9,10 @@ torch for pt2 and torchscript, onnxruntime for onnx.
 
 Prints one line per image: path<TAB>label<TAB>probability (with --top-k, more
 label/probability pairs follow). Images are prepared exactly as in training (see
-preprocessing.json): RGB, shorter side resized to image_size px (bilinear), centre crop
-image_size x image_size, pixel / 255, then (x - mean) / std, as float32 NCHW. Unreadable
+preprocessing.json): full decode, EXIF orientation, RGB, shorter side resized to
+image_size px (Pillow bilinear; the longer side int(image_size * long / short), as
+torchvision's Resize), centre crop image_size x image_size (torchvision's CenterCrop),
+pixel / 255, then (x - mean) / std, as float32 NCHW. Unreadable
 files are reported on stderr and make the exit code 1; the other images are still
 classified. In Python: ``Predictor().probabilities(batch)`` for a preprocessed
 (N, 3, H, W) batch.
@@ -125,19 +127,28 @@ def load_image(path: str | Path) -> Image.Image:
     return rgb.transpose(method) if method is not None else rgb
 
 
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """preprocessing.json "resize": shorter side to size, longer int(size * long / short)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    return (size, new_long) if width <= height else (new_long, size)
+
+
 def preprocess(image: Image.Image, spec: dict[str, Any]) -> np.ndarray:
-    """One RGB image -> float32 (3, S, S): resize, centre crop, scale, normalise."""
+    """One RGB image -> float32 (3, S, S), as preprocessing.json says: resize (Pillow
+    bilinear, torchvision's Resize rule), centre crop (torchvision's CenterCrop), / 255,
+    (x - mean) / std."""
     size = int(spec["image_size"])
-    w, h = image.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    left, top = (nw - size) // 2, (nh - size) // 2
-    if nw * nh > 16 * size * size:  # very long, thin images: resample only the crop
-        sx, sy = w / nw, h / nh
+    long_thin = int(spec["resize"]["long_thin_factor"])
+    nw, nh = resized_size(image.size[0], image.size[1], size)
+    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+    if nw * nh > long_thin * size * size:  # very long, thin images: resample only the crop
+        sx, sy = image.size[0] / nw, image.size[1] / nh
         box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-        image = image.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
+        image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
     else:
-        image = image.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        if (nw, nh) != image.size:
+            image = image.resize((nw, nh), Image.Resampling.BILINEAR)
         image = image.crop((left, top, left + size, top + size))
     x = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / 255.0
     mean = np.asarray(spec["mean"], dtype=np.float32).reshape(3, 1, 1)
@@ -261,6 +272,14 @@ class Predictor:
         return out
 
 
+def is_image_in(path: Path, folder: Path) -> bool:
+    """An image file inside ``folder``, not hidden below it: only the parts under the
+    folder count, so a folder that itself sits in a dot-folder (/tmp/.x/imgs) works."""
+    parts = path.relative_to(folder).parts
+    hidden = any(part.startswith(".") or part == "__MACOSX" for part in parts)
+    return path.is_file() and path.suffix.lower() in EXTENSIONS and not hidden
+
+
 def collect(inputs: list[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Image files named or inside the given folders (recursively), and missing paths."""
     files: list[Path] = []
@@ -268,14 +287,7 @@ def collect(inputs: list[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file()
-                and p.suffix.lower() in EXTENSIONS
-                and not any(part.startswith(".") or part == "__MACOSX" for part in p.parts)
-            )
-            files.extend(found)
+            files.extend(sorted(p for p in path.rglob("*") if is_image_in(p, path)))
         elif path.exists():
             files.append(path)
         else:

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from finetune_core.data.augment import normalize
-from finetune_core.data.cache import to_uint8_chw
 from finetune_core.data.dataset import run_dataset
-from finetune_core.data.images import ImageReadError, open_rgb
+from finetune_core.data.images import ImageReadError
+from finetune_core.data.preprocess import preprocess_for_inference
 from finetune_core.export.bundle import BundlePaths
 from finetune_core.export.errors import first_line, quiet
 from finetune_core.export.formats import FORMAT_TITLES, ExportError
@@ -66,7 +66,7 @@ def sample_inputs(run: RunFolder, loaded: LoadedModel, workspace: Workspace | No
     for split, paths in rows_by_split:
         for path in spread(paths, SAMPLE_IMAGES - len(files)):
             try:
-                arrays.append(to_uint8_chw(open_rgb(path), loaded.image_size))
+                arrays.append(preprocess_for_inference(path, loaded.image_size))
             except (ImageReadError, OSError):
                 continue
             files.append(path)

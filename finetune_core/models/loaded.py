@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from finetune_core import device as devices
-from finetune_core.data.augment import normalize
-from finetune_core.data.cache import to_uint8_chw
+from finetune_core.data.images import ImageSource
+from finetune_core.data.preprocess import preprocess_for_inference
+from finetune_core.models import inference
 from finetune_core.models.checkpoint import CheckpointError, load_checkpoint
 from finetune_core.models.classifier import build_classifier
 from finetune_core.runs import RunError, RunFolder
@@ -29,24 +30,20 @@ class LoadedModel:
     epoch: int
     device: torch.device
 
-    @torch.no_grad()
-    def predict_uint8(self, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-        """Class probabilities (N, C) for uint8 (N,3,S,S) images at ``image_size``."""
-        mean = torch.tensor(self.mean, device=self.device)
-        std = torch.tensor(self.std, device=self.device)
-        out = []
-        for start in range(0, len(images), batch_size):
-            xb = normalize(images[start : start + batch_size].to(self.device), mean, std)
-            out.append(torch.softmax(self.model(xb).float(), dim=1).cpu())
-        if not out:
+    def predict_uint8(self, images: torch.Tensor) -> np.ndarray:
+        """Class probabilities (N, C) for uint8 (N,3,S,S) images at ``image_size``
+        (the one fp32 forward pass, ``inference.probabilities``)."""
+        if not len(images):
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
-        return torch.cat(out).numpy()
+        mean = torch.tensor(self.mean, dtype=torch.float32)
+        std = torch.tensor(self.std, dtype=torch.float32)
+        return inference.probabilities(self.model, images, mean, std, self.device)
 
-    def predict_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Probabilities for PIL images: the same resize and centre crop as training."""
+    def predict_images(self, images: Sequence[Image.Image | ImageSource]) -> np.ndarray:
+        """Probabilities for decoded images or image files: the one preprocessing."""
         if not images:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
-        arr = np.stack([to_uint8_chw(im, self.image_size) for im in images])
+        arr = np.stack([preprocess_for_inference(im, self.image_size) for im in images])
         return self.predict_uint8(torch.from_numpy(arr))
 
 

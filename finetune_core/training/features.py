@@ -14,9 +14,13 @@ from typing import Any
 
 import torch
 
+from finetune_core import device as devices
+from finetune_core.data.preprocess import PREPROCESS_VERSION
 from finetune_core.fsutil import atomic_write
+from finetune_core.models.inference import INFERENCE_BATCH
 
-FEATURE_BATCH = 64
+# Evaluation's batches: validation features then match evaluation's to the bit.
+FEATURE_BATCH = INFERENCE_BATCH
 
 
 def weights_identity(weights: str) -> str:
@@ -46,7 +50,10 @@ def feature_cache_path(trainer: Any, split: str, views: int) -> Path:
         "size": cfg.image_size,
         "views": views,
         "augmentation": cfg.augmentation if views > 1 else "none",
-        "precision": str(trainer.amp_dtype),
+        # validation features are computed as evaluation computes them (steps.extract_val_features)
+        "precision": devices.INFERENCE_PRECISION if split == "val" else str(trainer.amp_dtype),
+        "channels_last": cfg.channels_last and split != "val",
+        "preprocess": PREPROCESS_VERSION,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return trainer.cache_dir / "features" / f"{cfg.model}-{split}-{digest}.pt"

@@ -30,6 +30,7 @@ from finetune_core.training.features import (
 from finetune_core.training.schedules import LRSchedule, build_optimizer, discriminative_lrs
 from finetune_core.training.steps import (
     extract_step,
+    extract_val_features,
     feature_train_step,
     image_train_step,
     refresh_batchnorm,
@@ -195,7 +196,10 @@ class ExtractPhase(Phase):
         view, start = batch
         data = self._data(t)
         xb = data.take(slice(start, start + FEATURE_BATCH))
-        self._feats.append(extract_step(t, xb, augment=view > 0, gen=self._gen))
+        if self.split == "val":  # validation scores the checkpoint: evaluation's fp32 pass
+            self._feats.append(extract_val_features(t, xb))
+        else:
+            self._feats.append(extract_step(t, xb, augment=view > 0, gen=self._gen))
         self._labels.append(data.labels[start : start + FEATURE_BATCH].cpu())
         t.pace.images_seen += len(xb)
 
@@ -225,7 +229,7 @@ class ProbePhase(Phase):
         # huge); checkpoints hold the head with the scaling folded in, so nothing else changes.
         mu, sigma = feature_scaling(train_feats)
         self.train_feats = (train_feats - mu) / sigma
-        self.val_feats = (val_feats - mu) / sigma if len(val_feats) else val_feats
+        self.val_feats = val_feats  # raw: validation uses the folded head, as evaluation does
         self.linear: nn.Linear = t.model.head[-1]
         self.mu, self.sigma = mu.to(t.device), sigma.to(t.device)
         if t.resumed_from is not None:
@@ -258,7 +262,8 @@ class ProbePhase(Phase):
     def validate(self, t: Any) -> dict[str, Any]:
         if not t.validation or not hasattr(self, "val_feats"):
             return {"val_loss": None, "val_accuracy": None}
-        return validate_features(t, self.val_feats, self.val_labels)
+        with folded_scaling(self.linear, self.mu, self.sigma):
+            return validate_features(t, self.val_feats, self.val_labels)
 
     @contextlib.contextmanager
     def saving(self, t: Any) -> Iterator[None]:

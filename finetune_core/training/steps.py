@@ -7,14 +7,17 @@ them, the callbacks what to do with the results.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from finetune_core import device as devices
 from finetune_core.data.augment import augment_normalized, normalize
+from finetune_core.models import inference
 from finetune_core.training import ddp
 
 
@@ -62,46 +65,69 @@ def feature_train_step(t: Any, feats: torch.Tensor, labels: torch.Tensor) -> tor
 
 @torch.no_grad()
 def validate_images(t: Any) -> dict[str, float | None]:
-    """Validation loss and accuracy of the current weights on the validation images."""
+    """Validation loss and accuracy of the current weights on the validation images.
+
+    Computed as evaluation computes them (``models.inference``: fp32 whatever the
+    training precision, the same batches, the same loss), so the best epoch's figures
+    are the evaluation's figures of the checkpoint saved for it.
+    """
     data = t.val_data
     if not len(data):
         return {"val_loss": None, "val_accuracy": None}
     t.model.eval()
-    total_loss, correct = 0.0, 0.0
-    bs = max(t.batch_size * 2, 64)
     rows = torch.arange(len(data))
     if t.dist.enabled:  # rank 0's model everywhere, each rank a share of the images
         ddp.broadcast_buffers(t.model, t.dist)
         rows = rows[t.dist.rank :: t.dist.world_size]
     rows = rows.to(data.labels.device)
-    for start in range(0, len(rows), bs):
-        chunk = rows[start : start + bs]
-        xb = normalize(data.take(chunk).to(t.device), t.mean, t.std)
-        yb = data.labels[chunk].to(t.device)
-        if t.cfg.channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        with devices.autocast(t.device, t.amp_dtype):
-            out = t.model(xb)
-        total_loss += float(F.cross_entropy(out.float(), yb, reduction="sum"))
-        correct += float((out.argmax(1) == yb).sum())
-    n = len(data)
-    if t.dist.enabled:
-        total_loss, correct = ddp.all_sum([total_loss, correct], t.dist)
-    return {"val_loss": total_loss / n, "val_accuracy": correct / n}
+    chunks = []
+    # DDP registers the parameters' storage: its model keeps its layout.
+    with contextlib.nullcontext() if t.dist.enabled else inference.standard_layout(t.model):
+        for start in range(0, len(rows), inference.INFERENCE_BATCH):
+            chunk = rows[start : start + inference.INFERENCE_BATCH]
+            chunks.append(
+                inference.probabilities(t.model, data.take(chunk), t.mean, t.std, t.device)
+            )
+    probs = np.concatenate(chunks)
+    y = data.labels[rows].cpu().numpy()
+    return split_numbers(t, y, probs)
+
+
+def split_numbers(t: Any, y: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
+    """val_loss and val_accuracy from probabilities, summed over ranks under DDP."""
+    if not t.dist.enabled:
+        return {
+            "val_loss": inference.log_loss(y, probs),
+            "val_accuracy": inference.correct(y, probs) / len(y),
+        }
+    total_loss, hits, n = ddp.all_sum(
+        [inference.loss_sum(y, probs), float(inference.correct(y, probs)), float(len(y))], t.dist
+    )
+    return {"val_loss": total_loss / n, "val_accuracy": hits / n}
 
 
 @torch.no_grad()
 def validate_features(t: Any, feats: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-    """Validation loss and accuracy of the head on standardised validation features."""
+    """Validation loss and accuracy of the head on raw (fp32) validation features.
+
+    The caller folds the feature standardisation into the head first, so this is the
+    checkpoint's head on the checkpoint's features: evaluation's numbers.
+    """
     if not len(feats):
         return {"val_loss": None, "val_accuracy": None}
     t.model.head.eval()
-    out = t.model.head(feats.to(t.device))
-    y = labels.to(t.device)
-    return {
-        "val_loss": float(F.cross_entropy(out, y)),
-        "val_accuracy": float((out.argmax(1) == y).float().mean()),
-    }
+    probs = inference.softmax(inference.run_fp32(t.model.head, feats, t.device))
+    return split_numbers(t, labels.cpu().numpy(), probs)
+
+
+@torch.no_grad()
+def extract_val_features(t: Any, xb: torch.Tensor) -> torch.Tensor:
+    """Backbone features of un-augmented validation images, as evaluation computes them."""
+    with inference.standard_layout(t.model):
+        mean, std = t.mean, t.std
+        return inference.run_fp32(
+            t.model.features, xb, t.device, prepare=lambda x: normalize(x, mean, std)
+        )
 
 
 @torch.no_grad()

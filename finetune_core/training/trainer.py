@@ -412,6 +412,9 @@ class Trainer:
                 "epochs_run": len(self.history),
                 "train_seconds": round(self.train_seconds, 3),
                 "batch_size": self.batch_size,
+                # the steps' precision, and the one every val/eval/predict figure uses
+                "train_precision": devices.precision_name(self.amp_dtype),
+                "inference_precision": devices.INFERENCE_PRECISION,
                 "stop_reason": self.stop_reason,
                 "events": self.events,
             },
