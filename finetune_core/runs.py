@@ -20,7 +20,7 @@ from typing import Any
 
 from finetune_core.config import RunConfig
 from finetune_core.fsutil import atomic_write_json, atomic_write_text, read_json
-from finetune_core.store import RunRecord, StoreError, Workspace, is_workspace
+from finetune_core.store import RunRecord, Workspace, is_workspace
 
 NAMED_WEIGHTS = ("imagenet", "none", "")  # RunConfig.weights values that are not files
 
@@ -157,6 +157,17 @@ def update_summary(paths: RunPaths, **changes: Any) -> dict[str, Any]:
     return summary
 
 
+def val_accuracy(
+    paths: RunPaths, live: float | None = None, *, training: bool = False
+) -> float | None:
+    """THE validation accuracy of a run (its best checkpoint's): the summary's once
+    training has ended; ``live`` (the runs table's per-epoch figure) while it trains, or
+    when there is no summary yet."""
+    summary = {} if training else read_summary(paths)
+    value = summary.get("val_accuracy", live) if summary else live
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def read_history(paths: RunPaths) -> list[dict[str, Any]]:
     """Epoch rows; a torn last line (crash mid-write) is ignored."""
     rows: list[dict[str, Any]] = []
@@ -226,8 +237,7 @@ class RunFolder:
 
     @property
     def id(self) -> str:
-        """The run's id: run.json's (a CLI run registered in a workspace), else the folder name."""
-        return str(self.info.get("run_id") or self.path.name)
+        return self.path.name
 
     def checkpoint_path(self, which: str = "best") -> Path:
         return self.paths.checkpoint(which)
@@ -273,15 +283,9 @@ def run_workspace(
 
 
 def run_record(run: RunFolder, workspace: Workspace | None) -> RunRecord | None:
-    """The run's row in the workspace table, when the folder is that workspace's run."""
-    if workspace is None:
-        return None
-    try:
-        if workspace.run_dir(run.id).resolve() != run.path.resolve():
-            return None
-        return workspace.get_run(run.id)
-    except StoreError:
-        return None
+    """The run's row in the workspace table: the row whose folder this is (a dashboard
+    run's ``runs/<id>``, or a CLI run's ``--out`` anywhere)."""
+    return workspace.find_run_by_folder(run.path) if workspace is not None else None
 
 
 def run_status(run: RunFolder, workspace: Workspace | None) -> str:

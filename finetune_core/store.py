@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each entry upgrades the schema from version i to i+1. Never edit a released entry.
 MIGRATIONS: list[str] = [
@@ -66,11 +66,17 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN notes TEXT NOT NULL DEFAULT '';
     ALTER TABLE runs ADD COLUMN train_seconds REAL;
     """,
+    # where a run trained with the CLI (--out) lives; '' = runs/<id> in the workspace
+    """
+    ALTER TABLE runs ADD COLUMN folder TEXT NOT NULL DEFAULT '';
+    CREATE INDEX runs_folder ON runs(folder);
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
 WORKSPACE_DB = "workspace.db"
+CLI_CREATOR_PREFIX = "cli:"  # creator of the runs the CLI trains: "cli:<os user>"
 
 
 class RunStatus:
@@ -164,6 +170,13 @@ class RunRecord:
     traceback: str = ""
     notes: str = ""
     train_seconds: float | None = None
+    folder: str = ""  # absolute path of a CLI run's folder ('' = the workspace's runs/<id>)
+
+    @property
+    def from_cli(self) -> bool:
+        """Trained by ``python -m finetune_core train``: its process, not the job manager,
+        owns its status."""
+        return self.creator.startswith(CLI_CREATOR_PREFIX)
 
 
 _JSON_FIELDS = {"class_names", "summary", "config"}
@@ -297,6 +310,34 @@ class Workspace:
         )
         return _decode(DatasetRecord, row) if row else None
 
+    def find_dataset_by_fingerprint(
+        self, fingerprint: str, *, other_than: str = ""
+    ) -> DatasetRecord | None:
+        """The first dataset (in import order) with this fingerprint, the same images,
+        names and splits; ``other_than`` leaves out one id (the copy just imported)."""
+        if not fingerprint:
+            return None
+        row = (
+            self._conn()
+            .execute(
+                "SELECT * FROM datasets WHERE fingerprint=? AND id!=? ORDER BY rowid LIMIT 1",
+                (fingerprint, other_than),
+            )
+            .fetchone()
+        )
+        return _decode(DatasetRecord, row) if row else None
+
+    def free_dataset_name(self, name: str) -> str:
+        """``name`` if no dataset has it, else the first free ``name-2``, ``name-3``, ..."""
+        name = check_name(name, "dataset")
+        taken = {r[0] for r in self._conn().execute("SELECT name FROM datasets")}
+        candidate, n = name, 1
+        while candidate in taken:
+            n += 1
+            suffix = f"-{n}"
+            candidate = name[: MAX_NAME_CHARS - len(suffix)] + suffix
+        return candidate
+
     def rename_dataset(self, dataset_id: str, name: str) -> None:
         name = check_name(name, "dataset")
         with self._write() as conn:
@@ -311,7 +352,22 @@ class Workspace:
 
     # ------------------------------------------------------------------ runs
     def run_dir(self, run_id: str) -> Path:
-        return self.runs_dir / _safe_id(run_id)
+        """The run's folder: ``runs/<id>``, or where the CLI trained it (``--out``)."""
+        safe = _safe_id(run_id)
+        row = self._conn().execute("SELECT folder FROM runs WHERE id=?", (run_id,)).fetchone()
+        return Path(row["folder"]) if row and row["folder"] else self.runs_dir / safe
+
+    def find_run_by_folder(self, folder: str | Path) -> RunRecord | None:
+        """The run whose folder is ``folder`` (a CLI run's, or the workspace's runs/<id>)."""
+        path = Path(folder).expanduser().resolve()
+        row = self._conn().execute("SELECT * FROM runs WHERE folder=?", (str(path),)).fetchone()
+        if row is None and path.parent == self.runs_dir.resolve():
+            row = (
+                self._conn()
+                .execute("SELECT * FROM runs WHERE id=? AND folder=''", (path.name,))
+                .fetchone()
+            )
+        return _decode(RunRecord, row) if row else None
 
     def add_run(self, record: RunRecord) -> RunRecord:
         row = _encode(record)
@@ -371,25 +427,34 @@ class Workspace:
         self.update_run(run_id, name=check_name(name, "run", allow_empty=True))
 
     def delete_run(self, run_id: str) -> None:
+        """Forget the run and delete its folder when the folder is inside the workspace (a
+        CLI run's folder elsewhere belongs to its user and stays)."""
         run = self.get_run(run_id)
         if run and run.status == RunStatus.RUNNING:
             raise StoreError("Stop the run before deleting it.")
+        folder = self.run_dir(run_id)
         with self._write() as conn:
             conn.execute("DELETE FROM runs WHERE id=?", (run_id,))
-        shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+        if folder.resolve().is_relative_to(self.root):
+            shutil.rmtree(folder, ignore_errors=True)
 
     def mark_running_interrupted(self) -> list[str]:
-        """At start-up: runs left RUNNING by a dead process become INTERRUPTED."""
+        """At start-up: runs left RUNNING by a dead server become INTERRUPTED. Runs the CLI
+        is training belong to their own process, which may well be alive: left alone."""
+        not_cli = "status=? AND creator NOT LIKE ?"
+        cli = CLI_CREATOR_PREFIX + "%"  # the prefix holds no LIKE wildcards
         with self._write() as conn:
             ids = [
-                r["id"] for r in conn.execute("SELECT id FROM runs WHERE status=?", ("RUNNING",))
+                r["id"]
+                for r in conn.execute(f"SELECT id FROM runs WHERE {not_cli}", ("RUNNING", cli))
             ]
             conn.execute(
-                "UPDATE runs SET status=?, error=? WHERE status=?",
+                f"UPDATE runs SET status=?, error=? WHERE {not_cli}",
                 (
                     RunStatus.INTERRUPTED,
                     "The server stopped while this run was training; resume it to continue.",
                     RunStatus.RUNNING,
+                    cli,
                 ),
             )
         return ids

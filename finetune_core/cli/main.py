@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from finetune_core.cli import data, evaluate, train
+from finetune_core.cli import data, evaluate, train, workspace_runs
 
-COMMAND_MODULES = (data, train, evaluate)
+COMMAND_MODULES = (data, train, evaluate, workspace_runs)
 
 
 def build_parser() -> argparse.ArgumentParser:

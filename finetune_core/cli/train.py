@@ -12,13 +12,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from finetune_core import runs
+from finetune_core.cli.workspace_runs import cli_creator, end_cli_run, start_cli_run
 from finetune_core.config import ConfigError, RunConfig
-from finetune_core.data import DatasetNotFound, IngestError, ingest, load_dataset
+from finetune_core.data import Dataset, DatasetNotFound, IngestError, ingest, load_dataset
 from finetune_core.jobs import launcher
-from finetune_core.jobs.manager import write_run_info
+from finetune_core.jobs.manager import StoreEpochs, record_result, write_run_info
 from finetune_core.models.classifier import WeightsError, list_architectures
 from finetune_core.runs import RunPaths
-from finetune_core.store import Workspace
+from finetune_core.store import RunStatus, StoreError, Workspace, utc_now
 from finetune_core.training import ddp
 from finetune_core.training.callbacks import ConsoleProgress
 from finetune_core.training.trainer import Trainer, TrainingError
@@ -94,23 +95,41 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return base.replace(**changes)
 
 
-def _resolve_dataset(workspace, source: str):
-    """A workspace dataset by id/name, or a path ingested on the fly."""
-
+def _resolve_dataset(workspace: Workspace, source: str) -> Dataset:
+    """A workspace dataset by id/name, or a path ingested on the fly (or reused: see
+    :func:`_ingest_or_reuse`)."""
     path = Path(source)
     if path.exists():
-        try:
-            result = ingest(workspace, path, name=path.stem or "dataset")
-        except IngestError as exc:
-            raise SystemExit(f"error: {source} could not be ingested: {exc}") from exc
-        if result.health.blocks_training:
-            msgs = "; ".join(f.message for f in result.health.errors)
+        dataset = _ingest_or_reuse(workspace, path)
+        if dataset.health.blocks_training:
+            msgs = "; ".join(f.message for f in dataset.health.errors)
             raise SystemExit(f"error: the dataset at {source} cannot be trained on: {msgs}")
-        return result.dataset
+        return dataset
     try:
         return load_dataset(workspace, source)
     except DatasetNotFound as exc:
         raise SystemExit(f"error: {exc}") from exc
+
+
+def _ingest_or_reuse(workspace: Workspace, path: Path) -> Dataset:
+    """Ingest ``path`` under its name (``photos``, or ``photos-2`` when another dataset
+    has that name); when the workspace already has a dataset with the same fingerprint
+    (the same images, names and splits: the same folder ingested before), drop the new
+    copy and use that one."""
+    try:
+        name = workspace.free_dataset_name(path.stem or "dataset")
+        result = ingest(workspace, path, name=name, creator=cli_creator())
+    except (IngestError, StoreError) as exc:
+        raise SystemExit(f"error: {path} could not be ingested: {exc}") from exc
+    new = result.dataset
+    same = workspace.find_dataset_by_fingerprint(new.fingerprint, other_than=new.id)
+    if same is not None:
+        workspace.delete_dataset(new.id)
+        print(f"dataset: {path} is already the dataset {same.name!r} ({same.id}); using it",
+              file=sys.stderr)  # fmt: skip
+        return load_dataset(workspace, same.id)
+    print(f"dataset: ingested {path} as {new.name!r} ({new.id})", file=sys.stderr)
+    return new
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -159,12 +178,16 @@ def _train(args: argparse.Namespace, config: RunConfig, ctx: ddp.DistContext) ->
     config = config.replace(dataset=dataset.id)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    run_id = None
     if ctx.is_main:
+        run_id = start_cli_run(workspace, out, config, resume=args.resume)
         runs.save_config(RunPaths(out), config)
-        write_run_info(out, config, dataset, workspace)
+        write_run_info(out, config, dataset, workspace, run_id=run_id)
     callbacks = ddp.rank_callbacks(ctx, out)
     if not args.quiet and ctx.is_main:
         callbacks.append(ConsoleProgress())
+    if run_id is not None:
+        callbacks.append(StoreEpochs(workspace, run_id))
     stop = threading.Event()
     trainer = Trainer(
         config,
@@ -175,22 +198,40 @@ def _train(args: argparse.Namespace, config: RunConfig, ctx: ddp.DistContext) ->
         stop_event=stop,
         resume=args.resume,
     )
+    return _fit(trainer, ctx, stop, workspace, run_id)
+
+
+def _fit(
+    trainer: Trainer,
+    ctx: ddp.DistContext,
+    stop: threading.Event,
+    workspace: Workspace,
+    run_id: str | None,
+) -> int:
+    """Run the trainer; the outcome goes to the terminal, the summary and the run's row."""
+    out = trainer.run_dir
     started = time.monotonic()
     signals = ddp.stop_on_signals(stop) if ctx.enabled else contextlib.nullcontext()
     try:
         with signals, ddp.errors_recorded(ctx, out):
             result = trainer.fit()
     except KeyboardInterrupt:
-        print(
-            "\ninterrupted: the last complete epoch's checkpoint is kept; --resume continues",
-            file=sys.stderr,
-        )
+        message = "interrupted: the last complete epoch's checkpoint is kept; --resume continues"
+        end_cli_run(workspace, run_id, RunStatus.INTERRUPTED, message)
+        print(f"\n{message}", file=sys.stderr)
         return 130
     except (TrainingError, ConfigError, WeightsError, RuntimeError) as exc:
+        end_cli_run(workspace, run_id, RunStatus.FAILED, str(exc))
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
+    except BaseException as exc:  # the row must not stay RUNNING, whatever ended the run
+        end_cli_run(workspace, run_id, RunStatus.FAILED, str(exc) or type(exc).__name__)
+        raise
     if not ctx.is_main:
         return 0
+    if run_id is not None:
+        record_result(workspace, run_id, result)
+        workspace.update_run(run_id, finished_at=utc_now())
     runs.update_summary(RunPaths(out), wall_seconds=round(time.monotonic() - started, 3))
     va = result.best_val_accuracy
     print(

@@ -290,15 +290,7 @@ class JobManager:
             if not isinstance(exc, Exception):
                 raise
             return
-        ws.update_run(
-            run_id,
-            status=result.status,
-            best_val_accuracy=result.best_val_accuracy,
-            best_epoch=result.best_epoch,
-            epochs_run=result.epochs_run,
-            train_seconds=result.train_seconds,
-            error=result.stop_reason if result.status == RunStatus.STOPPED else "",
-        )
+        record_result(ws, run_id, result)
         job.state.update(status=result.status)
         for hook in self.post_run:
             try:
@@ -318,7 +310,7 @@ class JobManager:
         ws, run_id = self.workspace, job.run_id
         callbacks: list[Callback] = [
             ProgressReporter(job.state),
-            _StoreEpochs(ws, run_id),
+            StoreEpochs(ws, run_id),
         ]
         if self.extra_callbacks:
             callbacks.extend(self.extra_callbacks(run_id))
@@ -357,7 +349,20 @@ class JobManager:
         return launcher.supervise(launched, job.stop, relay)
 
 
-class _StoreEpochs(Callback):
+def record_result(workspace: Workspace, run_id: str, result: Any) -> None:
+    """A finished training's TrainResult in the runs table (the manager's and the CLI's runs)."""
+    workspace.update_run(
+        run_id,
+        status=result.status,
+        best_val_accuracy=result.best_val_accuracy,
+        best_epoch=result.best_epoch,
+        epochs_run=result.epochs_run,
+        train_seconds=result.train_seconds,
+        error=result.stop_reason if result.status == RunStatus.STOPPED else "",
+    )
+
+
+class StoreEpochs(Callback):
     """Keeps the runs table current after every epoch (the runs page reads it)."""
 
     def __init__(self, workspace: Workspace, run_id: str) -> None:
@@ -398,13 +403,16 @@ def write_run_info(
 
     ``workspace`` is recorded for run folders outside the workspace (CLI runs), so
     evaluation can find the dataset again; ``run_id`` is the id of a CLI run in the
-    workspace's table (default: the folder's name, as for the dashboard's runs).
+    workspace's table (default: the one already recorded, else the folder's name, as for
+    the dashboard's runs).
     """
+    paths = RunPaths(run_dir)
+    before = runs.read_info(paths)  # a resumed run keeps its id and workspace
     runs.write_info(
-        RunPaths(run_dir),
+        paths,
         {
-            "run_id": run_id or Path(run_dir).name,
-            "workspace": str(workspace.root) if workspace is not None else None,
+            "run_id": run_id or before.get("run_id") or Path(run_dir).name,
+            "workspace": str(workspace.root) if workspace is not None else before.get("workspace"),
             "dataset_id": dataset.id,
             "dataset_name": dataset.record.name,
             "dataset_fingerprint": dataset.fingerprint,
