@@ -60,19 +60,20 @@ def softmax(logits: torch.Tensor) -> np.ndarray:
 
 
 def log_loss(y: np.ndarray, probs: np.ndarray) -> float:
-    """Mean negative log-likelihood of the true class (probabilities clipped at eps):
-    the val_loss of training and the log_loss of evaluation."""
+    """Mean negative log-likelihood of the true class, in float64 with probabilities
+    clipped at float64's eps: the val_loss of training and the log_loss of evaluation."""
     return float(-np.log(true_class_probs(y, probs)).mean())
 
 
 def loss_sum(y: np.ndarray, probs: np.ndarray) -> float:
     """The sum behind :func:`log_loss` (to add up shares of a split across processes)."""
-    return float(-np.log(true_class_probs(y, probs)).astype(np.float64).sum())
+    return float(-np.log(true_class_probs(y, probs)).sum())
 
 
 def true_class_probs(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    eps = np.finfo(probs.dtype).eps
-    return np.clip(probs[np.arange(len(y)), y], eps, 1 - eps)
+    p = np.asarray(probs, dtype=np.float64)
+    eps = np.finfo(np.float64).eps
+    return np.clip(p[np.arange(len(y)), y], eps, 1 - eps)
 
 
 def correct(y: np.ndarray, probs: np.ndarray) -> int:
