@@ -8,6 +8,7 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
+from finetune_core import runs as run_files
 from finetune_core.auth.access import (
     PermissionDenied,
     User,
@@ -19,6 +20,7 @@ from finetune_core.auth.access import (
     guarded_stop,
 )
 from finetune_core.jobs.manager import JobError
+from finetune_core.runs import RunPaths
 from finetune_core.store import RunRecord, RunStatus, StoreError
 from ui.components import (
     STATUS_STYLE,
@@ -34,9 +36,20 @@ from ui.services import current_user, get_job_manager, get_workspace, has_model,
 
 ws = get_workspace()
 manager = get_job_manager()
+
+
+def val_accuracy(record: RunRecord) -> float | None:
+    """The run's validation accuracy, as runs.py (its one owner) reads it."""
+    return run_files.val_accuracy(
+        RunPaths(ws.run_dir(record.id)),
+        record.best_val_accuracy,
+        training=record.status in RunStatus.ACTIVE,
+    )
+
+
 SORTS = {  # label -> (key, descending)
     "Newest first": (lambda r: (r.created_at, r.id), True),
-    "Best validation accuracy": (lambda r: r.best_val_accuracy or -1.0, True),
+    "Best validation accuracy": (lambda r: val_accuracy(r) or -1.0, True),
     "Longest training": (lambda r: run_duration(r) or 0.0, True),
     "Name": (lambda r: (r.name or r.id).lower(), False),
 }
@@ -103,7 +116,7 @@ def runs_table(shown: list[RunRecord], total: int, datasets: dict[str, str]) -> 
                 "Dataset": datasets.get(r.dataset_id, "(deleted)"),
                 "Model": r.model,
                 "Strategy": r.strategy,
-                "Val. acc.": r.best_val_accuracy,
+                "Val. acc.": val_accuracy(r),
                 "Epochs": r.epochs_run,
                 "Duration": fmt_duration(run_duration(r)),
                 "Creator": r.creator or "–",
@@ -247,6 +260,8 @@ def selected_run_section(shown: list[RunRecord]) -> None:
             st.caption(f"by {esc(run.creator)}" if run.creator else "")
         if run.error:
             st.caption(esc(public(run.error)))
+        if run.from_cli:
+            st.caption(f"Trained from the command line into {esc(public(run.folder))}")
         run_actions(run, allowed, why)
         left, right = st.columns(2, gap="medium")
         with left:
