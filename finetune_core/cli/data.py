@@ -11,6 +11,7 @@ import json
 import sys
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -229,8 +230,6 @@ def _table(rows: Sequence[tuple[str, ...]], right_from: int | None = None) -> st
 
 
 def _record_json(record: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
     return asdict(record)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import queue
+import shlex
 import threading
 import traceback
 from collections.abc import Callable
@@ -430,8 +431,6 @@ def cli_command(
     With ``run_dir`` (the command recorded in run.json) a weights file is the run's own
     copy, which stays when the upload is gone; ``workspace`` names where the dataset is.
     """
-    import shlex
-
     defaults = RunConfig()
     own = RunPaths(run_dir).own_weights(config.weights) if run_dir is not None else None
     weights = str(own.resolve()) if own is not None else config.weights
