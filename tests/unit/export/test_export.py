@@ -108,7 +108,7 @@ def test_export_predicts_like_the_trained_model(trained, fmt, tmp_path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == result.files
     assert json.loads((folder / "labels.json").read_text()) == loaded.class_names
     pre = json.loads((folder / "preprocessing.json").read_text())
-    assert pre["image_size"] == 32 and pre["interpolation"] == "bilinear"
+    assert pre["image_size"] == 32 and pre["resize"]["interpolation"] == "bilinear"
     assert pre["mean"] == pytest.approx(loaded.mean) and pre["std"] == pytest.approx(loaded.std)
     assert pre["layout"] == "NCHW" and pre["dtype"] == "float32"
     check = json.loads((folder / "verification.json").read_text())
