@@ -234,16 +234,21 @@ def pick_id(
     """A selectbox of ids mirrored in ``st.query_params[param]`` (permalinks).
 
     A valid id in the URL wins (it came from a link or switch_page); otherwise the
-    previous choice, else ``default``, else the first id.
+    previous choice, else ``default``, else the first id. The previous choice is kept
+    under a key of its own: Streamlit drops a widget's state while another page is open.
     """
     if not ids:
         st.query_params.pop(param, None)
         return None
+    remembered = f"{key}__chosen"
     wanted = st.query_params.get(param)
     if wanted in ids:
         st.session_state[key] = wanted
     elif st.session_state.get(key) not in ids:
-        st.session_state[key] = default if default in ids else ids[0]
+        previous = st.session_state.get(remembered)
+        st.session_state[key] = (
+            previous if previous in ids else default if default in ids else ids[0]
+        )
     choice = st.selectbox(
         label,
         list(ids),
@@ -253,6 +258,7 @@ def pick_id(
         args=(param, key),
         help=help,
     )
+    st.session_state[remembered] = choice
     if st.query_params.get(param) != choice:
         st.query_params[param] = choice
     return choice

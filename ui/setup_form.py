@@ -124,11 +124,30 @@ def queue_config(config: RunConfig) -> None:
     st.session_state["setup_pending_config"] = config.to_dict()
 
 
+def open_in_setup(config: RunConfig) -> None:
+    """Open the Setup page with every setting of ``config`` and its dataset (a fresh name)."""
+    queue_config(config.replace(name="", notes=""))
+    st.switch_page("views/setup.py", query_params={"dataset": config.dataset})
+
+
+def started() -> None:
+    """A run was started: the next visit gets a fresh name and notes.
+
+    The name and notes widgets are already drawn in this script run, so their state can
+    only change on the next one (``start`` applies it before they are drawn).
+    """
+    st.session_state["setup_fresh_identity"] = True
+
+
 def start() -> None:
-    """Prepare the form state: a config queued by an upload, or a preset from the URL."""
+    """Prepare the form state: a config queued by an upload or a page, a fresh name after a
+    run was started, or a preset from the URL."""
     store()
     if pending := st.session_state.pop("setup_pending_config", None):
         apply_config(RunConfig.from_dict(pending))
+    if st.session_state.pop("setup_fresh_identity", False):
+        put("name", "")
+        put("notes", "")
     wanted = st.query_params.get("preset")
     if wanted in PRESETS_BY_KEY and st.session_state.get("preset_from_url") != wanted:
         apply_preset_values(wanted)

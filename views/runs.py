@@ -19,9 +19,11 @@ from finetune_core.auth.access import (
     guarded_resume,
     guarded_stop,
 )
+from finetune_core.config import RunConfig
 from finetune_core.jobs.manager import JobError
 from finetune_core.runs import RunPaths
 from finetune_core.store import RunRecord, RunStatus, StoreError
+from ui import setup_form as form
 from ui.components import (
     STATUS_STYLE,
     esc,
@@ -169,6 +171,10 @@ def run_actions(run: RunRecord, allowed: bool, why: str | None) -> None:
                      disabled=not can_start(me),
                      help="Queue a new run with the same settings."):  # fmt: skip
             _rerun(run)
+        if run.config and st.button("Change settings", icon=":material/tune:", key="runs_edit",
+                                    disabled=not can_start(me),
+                                    help="Open Setup with this run's settings and dataset."):  # fmt: skip
+            form.open_in_setup(RunConfig.from_dict(run.config))
         if manager.can_resume(run) and st.button(
             "Resume", icon=":material/play_arrow:", key="runs_resume", disabled=not allowed,
             help=why or "Continue from the last checkpoint.",

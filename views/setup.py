@@ -425,6 +425,7 @@ def start_section(
         except JobError as exc:
             error_box(str(exc))
         else:
+            form.started()
             st.switch_page("views/training.py", query_params={"run": run_id})
 
 

@@ -18,11 +18,13 @@ from finetune_core.auth.access import (
     guarded_resume,
     guarded_stop,
 )
+from finetune_core.config import RunConfig
 from finetune_core.device import device_info
 from finetune_core.jobs.manager import JobError
 from finetune_core.reporting import charts
 from finetune_core.store import RunRecord, RunStatus, StoreError
 from finetune_core.training.progress import Progress
+from ui import setup_form as form
 from ui.components import (
     Metric,
     error_box,
@@ -258,9 +260,17 @@ def _final_actions(record: RunRecord) -> None:
             except JobError as exc:
                 st.error(esc(str(exc)))
             else:
+                # The run picker is drawn already: the URL selects the new run on the rerun.
                 st.query_params["run"] = new_id
-                st.session_state["training_run"] = new_id
                 st.rerun()
+        if record.config and st.button(
+            "Change settings and re-run",
+            icon=":material/tune:",
+            key="edit_run",
+            disabled=not can_start(user()),
+            help="Open Setup with this run's settings and dataset.",
+        ):
+            form.open_in_setup(RunConfig.from_dict(record.config))
 
 
 def queue_table() -> None:
