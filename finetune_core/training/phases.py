@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from finetune_core.models import inference
 from finetune_core.training import ddp
 from finetune_core.training.features import (
     FEATURE_BATCH,
@@ -175,6 +176,11 @@ class ExtractPhase(Phase):
         self._feats: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
         t.model.eval()
+        # Validation features are evaluation's: the weights in the standard layout for the
+        # whole pass (switched once, not per batch), put back in end_pass.
+        self._layout = contextlib.ExitStack()
+        if self.split == "val" and self.cached is None:
+            self._layout.enter_context(inference.standard_layout(t.model))
 
     def _data(self, t: Any) -> Any:
         return t.train_data if self.split == "train" else t.val_data
@@ -204,6 +210,7 @@ class ExtractPhase(Phase):
         t.pace.images_seen += len(xb)
 
     def end_pass(self, t: Any) -> dict[str, Any]:
+        self._layout.close()
         if self.cached is None:
             if self._feats:
                 features, labels = torch.cat(self._feats), torch.cat(self._labels)

@@ -122,12 +122,12 @@ def validate_features(t: Any, feats: torch.Tensor, labels: torch.Tensor) -> dict
 
 @torch.no_grad()
 def extract_val_features(t: Any, xb: torch.Tensor) -> torch.Tensor:
-    """Backbone features of un-augmented validation images, as evaluation computes them."""
-    with inference.standard_layout(t.model):
-        mean, std = t.mean, t.std
-        return inference.run_fp32(
-            t.model.features, xb, t.device, prepare=lambda x: normalize(x, mean, std)
-        )
+    """Backbone features of un-augmented validation images, as evaluation computes them
+    (the caller holds the model in ``inference.standard_layout`` for the whole pass)."""
+    mean, std = t.mean, t.std
+    return inference.run_fp32(
+        t.model.features, xb, t.device, prepare=lambda x: normalize(x, mean, std)
+    )
 
 
 @torch.no_grad()
