@@ -26,7 +26,7 @@ from finetune_core.data.health import HealthReport, build_report
 from finetune_core.data.images import IMAGE_EXTENSIONS, ImageReadError, probe_image
 from finetune_core.data.manifest import MANIFEST_NAME, ManifestRow, write_manifest
 from finetune_core.data.sources import Candidate, Plan, open_plan
-from finetune_core.data.split import SplitSpec, assign_splits
+from finetune_core.data.split import SplitSpec, assign_splits, holds_out_test
 from finetune_core.fsutil import atomic_write_json
 from finetune_core.store import DatasetRecord, StoreError, Workspace, check_name, new_id
 
@@ -150,6 +150,7 @@ def _describe(
 ) -> _Built:
     """Split the rows, build the health report, and fill in the record and dataset.json."""
     class_names = sorted({c.label for c in plan.candidates})
+    held_out = split.holdout if holds_out_test(rows, split) else None
     rows, carved = assign_splits(rows, split)
     val_share = split.val / (split.train + split.val) if carved else None
     report = build_report(rows, class_names, plan.skipped, val_carved=val_share)
@@ -163,6 +164,7 @@ def _describe(
     record.fingerprint = dataset_fingerprint(rows, class_names)
     record.health = report.status
     record.summary = _summary(report, split, plan)
+    record.summary["test_held_out"] = held_out  # share of the user's train split, or None
     meta = {
         "format_version": 1,
         "id": record.id,
@@ -175,6 +177,7 @@ def _describe(
         "split": split.to_dict(),
         "class_names": class_names,
         "fingerprint": record.fingerprint,
+        "test_held_out": held_out,
     }
     return _Built(rows=rows, report=report, record=record, meta=meta)
 

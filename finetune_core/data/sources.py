@@ -21,6 +21,7 @@ from typing import IO
 from finetune_core.data.archive import IngestLimits, check_zip, open_zip
 from finetune_core.data.errors import IngestError
 from finetune_core.data.layout import (
+    REASON_NOT_IMAGE,
     SPLIT_NAMES,
     Skipped,
     detect_layout,
@@ -137,6 +138,42 @@ def _path_plan(path: Path, limits: IngestLimits, stack: contextlib.ExitStack) ->
     )
 
 
+# ---------------------------------------------------------------------- layout
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """An image candidate of a tree-shaped source: its path parts and how to read it."""
+
+    parts: tuple[str, ...]
+    opener: Callable[[], IO[bytes]]
+    declared_size: int | None = None
+
+
+def layout_plan(kind: str, description: str, entries: list[_Entry], skipped: list[Skipped]) -> Plan:
+    """THE layout rules for every tree of files (a zip, a folder, a browser folder upload):
+    wrapper folders stripped, then class folders or train/ val/ test/ folders of classes.
+
+    ``entries`` are the image candidates left after the source's own ignore rules.
+    """
+    layout = detect_layout([e.parts for e in entries])
+    candidates: list[Candidate] = []
+    for entry in entries:
+        placed = place(entry.parts, layout)
+        if isinstance(placed, Skipped):
+            skipped.append(placed)
+            continue
+        label, split = placed
+        candidates.append(
+            Candidate("/".join(entry.parts), label, split, entry.opener, entry.declared_size)
+        )
+    return Plan(
+        kind=kind,
+        layout="split_folders" if layout.split_layout else "class_folders",
+        description=description,
+        candidates=candidates,
+        skipped=skipped,
+    )
+
+
 # ----------------------------------------------------------------------------- zip
 def zip_plan(zf: zipfile.ZipFile, display: str, limits: IngestLimits) -> Plan:
     entries = check_zip(zf, limits)
@@ -152,30 +189,8 @@ def zip_plan(zf: zipfile.ZipFile, display: str, limits: IngestLimits) -> Plan:
             images.append((parts, info))
     if not images:
         raise _no_images(display, skipped)
-    layout = detect_layout([p for p, _ in images])
-    candidates: list[Candidate] = []
-    for parts, info in images:
-        placed = place(parts, layout)
-        if isinstance(placed, Skipped):
-            skipped.append(placed)
-            continue
-        label, split = placed
-        candidates.append(
-            Candidate(
-                source="/".join(parts),
-                label=label,
-                split=split,
-                opener=_zip_opener(zf, info),
-                declared_size=info.file_size,
-            )
-        )
-    return Plan(
-        kind="zip",
-        layout="split_folders" if layout.split_layout else "class_folders",
-        description=display,
-        candidates=candidates,
-        skipped=skipped,
-    )
+    found = [_Entry(parts, _zip_opener(zf, info), info.file_size) for parts, info in images]
+    return layout_plan("zip", display, found, skipped)
 
 
 # -------------------------------------------------------------------------- folder
@@ -205,22 +220,8 @@ def folder_plan(root: Path, limits: IngestLimits) -> Plan:
                 images.append((parts, full))
     if not images:
         raise _no_images(str(root), skipped)
-    layout = detect_layout([p for p, _ in images])
-    candidates = []
-    for parts, full in images:
-        placed = place(parts, layout)
-        if isinstance(placed, Skipped):
-            skipped.append(placed)
-            continue
-        label, split = placed
-        candidates.append(Candidate("/".join(parts), label, split, _file_opener(full)))
-    return Plan(
-        kind="folder",
-        layout="split_folders" if layout.split_layout else "class_folders",
-        description=str(root),
-        candidates=candidates,
-        skipped=skipped,
-    )
+    entries = [_Entry(parts, _file_opener(full)) for parts, full in images]
+    return layout_plan("folder", str(root), entries, skipped)
 
 
 def _folders_to_walk(
@@ -402,11 +403,27 @@ def _uploads_plan(
     if all(not f.data for f in files):
         names = ", ".join(f.name for f in files[:3])
         raise IngestError(f"The uploaded file is empty (0 bytes): {names}. Upload it again.")
+    labelled = [f for f in files if f.label and f.label.strip()]
+    if not labelled:
+        # A browser folder upload: names are paths relative to the chosen folder, so the
+        # same layout rules as a folder on disk apply (train/ val/ test/ are kept).
+        return _folder_upload_plan(files)
+    if len(labelled) < len(files):
+        unlabelled = next(f.name for f in files if not (f.label and f.label.strip()))
+        raise IngestError(
+            f"The uploaded file {unlabelled} has no label while others have one. Give every "
+            "file a class, or upload a folder with one sub-folder per class."
+        )
+    return _labelled_plan(files)
+
+
+def _labelled_plan(files: list[UploadedFile]) -> Plan:
+    """Files whose class was given with each one (the Class-by-class uploads)."""
     candidates: list[Candidate] = []
     skipped: list[Skipped] = []
     for upload in files:
         parts = split_path(upload.name) or ("unnamed",)
-        label = _upload_label(upload, parts)
+        label = upload.label.strip()
         source = "/".join(parts) if len(parts) > 1 else f"{label}/{parts[0]}"
         reason = ignore_reason((label, *parts))
         if reason:
@@ -426,17 +443,27 @@ def _uploads_plan(
     )
 
 
-def _upload_label(upload: UploadedFile, parts: tuple[str, ...]) -> str:
-    """The file's given label, else its parent folder's name."""
-    label = upload.label.strip() if upload.label else ""
-    if label:
-        return label
-    if len(parts) < 2:
+def _folder_upload_plan(files: list[UploadedFile]) -> Plan:
+    """Files named by their path inside an uploaded folder, laid out as a folder is."""
+    skipped: list[Skipped] = []
+    entries: list[_Entry] = []
+    for upload in files:
+        parts = split_path(upload.name)
+        reason = ignore_reason(parts) if parts else Skipped(upload.name, "ignored_entry",
+                                                            REASON_NOT_IMAGE)  # fmt: skip
+        if reason:
+            skipped.append(reason)
+        else:
+            entries.append(_Entry(parts, _bytes_opener(upload.data), len(upload.data)))
+    if not entries:
+        raise _no_images("the upload", skipped)
+    if all(len(e.parts) == 1 for e in entries):
         raise IngestError(
-            f"The uploaded file {upload.name} has no label. Give every file a class, "
-            "or upload a folder with one sub-folder per class."
+            f"The uploaded file {entries[0].parts[0]} has no label: it is in no class folder. "
+            "Upload the folder that holds one sub-folder per class, or name each class in "
+            "the 'Class by class' tab."
         )
-    return parts[-2]
+    return layout_plan("upload", "browser folder upload", entries, skipped)
 
 
 def _bytes_opener(data: bytes) -> Callable[[], IO[bytes]]:

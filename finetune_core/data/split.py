@@ -10,20 +10,33 @@ from typing import Any
 
 from finetune_core.data.manifest import ManifestRow
 
+# The hold-out share the Data page and the CLI offer when the data's own split has no test.
+HOLDOUT_DEFAULT = 0.15
+HOLDOUT_MAX = 0.5
+
 
 @dataclass(frozen=True)
 class SplitSpec:
-    """Fractions for the automatic split, and its seed. A split the user gave is kept."""
+    """Fractions for the automatic split, and its seed. A split the user gave is kept.
+
+    ``holdout``: when the user's own split has no test part, this share of each class's
+    train images (stratified, seeded) becomes the test split; 0 keeps no test split.
+    """
 
     train: float = 0.8
     val: float = 0.1
     test: float = 0.1
     seed: int = 0
+    holdout: float = 0.0
 
     @classmethod
-    def from_fractions(cls, val: float = 0.1, test: float = 0.1, seed: int = 0) -> SplitSpec:
+    def from_fractions(
+        cls, val: float = 0.1, test: float = 0.1, seed: int = 0, holdout: float = 0.0
+    ) -> SplitSpec:
         """Train gets what val and test leave."""
-        return cls(train=round(1.0 - val - test, 10), val=val, test=test, seed=seed)
+        return cls(
+            train=round(1.0 - val - test, 10), val=val, test=test, seed=seed, holdout=holdout
+        )
 
     def problems(self) -> list[str]:
         out = []
@@ -46,6 +59,15 @@ class SplitSpec:
             )
         if not isinstance(self.seed, int):
             out.append(f"The split seed must be an integer (got {self.seed!r}).")
+        holdout = self.holdout
+        if (
+            not isinstance(holdout, (int, float))
+            or math.isnan(holdout)
+            or not (0 <= holdout <= HOLDOUT_MAX)
+        ):
+            out.append(
+                f"The test hold-out must be between 0 and {HOLDOUT_MAX:g} (got {holdout!r})."
+            )
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,7 +75,8 @@ class SplitSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SplitSpec:
-        return cls(**{k: data[k] for k in ("train", "val", "test", "seed") if k in data})
+        names = ("train", "val", "test", "seed", "holdout")
+        return cls(**{k: data[k] for k in names if k in data})
 
 
 def quotas(n: int, spec: SplitSpec) -> tuple[int, int]:
@@ -75,10 +98,23 @@ def quotas(n: int, spec: SplitSpec) -> tuple[int, int]:
     return n_val, n_test
 
 
+def holds_out_test(rows: list[ManifestRow], spec: SplitSpec) -> bool:
+    """Whether ``assign_splits`` moves ``spec.holdout`` of the user's train split to test:
+    the data came with its own split, none of it test, and the automatic split of the
+    rest (if any) makes no test split either."""
+    usable = [r for r in rows if r.ok]
+    if spec.holdout <= 0 or not any(r.split for r in usable):
+        return False
+    if any(r.split == "test" for r in usable):
+        return False
+    return spec.test <= 0 or all(r.split for r in usable)
+
+
 def assign_splits(rows: list[ManifestRow], spec: SplitSpec) -> tuple[list[ManifestRow], bool]:
     """Give every usable row without a split one; return the rows and whether val was carved
     out of a user-provided train split (the user gave train/test but no val).
 
+    When :func:`holds_out_test`, a share of the user's train split becomes the test split.
     Per class, groups of identical files (same sha256) are shuffled with a seed derived
     from ``spec.seed`` and the class name, so the result depends only on content, labels
     and seed, never on file names or order. Copies of one file never straddle splits.
@@ -86,17 +122,18 @@ def assign_splits(rows: list[ManifestRow], spec: SplitSpec) -> tuple[list[Manife
     rows = list(rows)
     usable = [i for i, r in enumerate(rows) if r.ok]
     fixed = {i for i in usable if rows[i].split}
-    carved = False
-    if fixed and not any(rows[i].split == "val" for i in usable):
-        # The user split has no validation part: take it from their train part.
+    holdout = spec.holdout if holds_out_test(rows, spec) else 0.0
+    carved = bool(fixed) and not any(rows[i].split == "val" for i in usable)
+    if carved or holdout:
+        # The user split lacks validation (carved from their train part, in the automatic
+        # split's proportion) and/or test (the hold-out share of their train part).
         train_rows = [i for i in usable if rows[i].split == "train"]
-        denom = spec.train + spec.val
+        val_share = spec.val / (spec.train + spec.val) if carved else 0.0
         carve_spec = SplitSpec(
-            train=spec.train / denom, val=spec.val / denom, test=0.0, seed=spec.seed
+            train=1.0 - val_share - holdout, val=val_share, test=holdout, seed=spec.seed
         )
         _assign(rows, train_rows, carve_spec)
         fixed -= set(train_rows)
-        carved = True
     pending = [i for i in usable if not rows[i].split]
     _assign(rows, pending, spec)
     _keep_copies_together(rows, [i for i in usable if i not in fixed], fixed)
