@@ -19,6 +19,7 @@ from finetune_core.evaluation.evaluate import read_predictions
 from finetune_core.evaluation.predict import explain_image
 from finetune_core.jobs.manager import JobManager
 from finetune_core.jobs.postrun import DEFAULT_HOOKS
+from finetune_core.models.availability import WeightsAvailability, imagenet_availability
 from finetune_core.models.classifier import list_architectures
 from finetune_core.models.loaded import LoadedModel, load_run_model
 from finetune_core.runs import RunError, RunFolder, RunPaths
@@ -93,6 +94,12 @@ def architectures() -> list:
 
 def imagenet_cached(model: str) -> bool:
     return any(a.name == model and getattr(a, "cached", False) for a in architectures())
+
+
+@st.cache_data(ttl=300, show_spinner="Checking whether the weights can be downloaded…")
+def weights_availability(model: str) -> WeightsAvailability:
+    """Cached here or downloadable (the probe is asked again after five minutes)."""
+    return imagenet_availability(model)
 
 
 def has_model(run_id: str) -> bool:

@@ -197,11 +197,16 @@ class FormProblems:
         return [m for name, ms in self.by_field.items() if name not in self.shown for m in ms]
 
 
-def check(config: RunConfig, source: str, weights: str | None) -> FormProblems:
-    """The config's problems; an upload still missing replaces the weights' own problem."""
+def check(
+    config: RunConfig, source: str, weights: str | None, unavailable: str | None = None
+) -> FormProblems:
+    """The config's problems; an upload still missing, or weights that cannot load here
+    (``unavailable``: not cached and not downloadable), replace the weights' own problem."""
     by_field = config.problems_by_field()
     if weights is None and source in MISSING_WEIGHTS:
         by_field["weights"] = [MISSING_WEIGHTS[source]]
+    if unavailable:
+        by_field["weights"] = [unavailable]
     return FormProblems(by_field)
 
 

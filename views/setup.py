@@ -33,6 +33,7 @@ from ui.services import (
     get_workspace,
     public,
     user,
+    weights_availability,
 )
 from ui.setup_form import FormProblems, bind, put, val
 
@@ -170,15 +171,19 @@ def architecture_picker(source: str) -> None:
     )
 
 
-def imagenet_weights_status(model_name: str) -> None:
-    """Whether the ImageNet weights are on this server; a button to download them."""
+def imagenet_weights_status(model_name: str) -> str | None:
+    """Whether the ImageNet weights are on this server, can be downloaded (a button to do
+    it now), or neither: then the problem that keeps Start disabled."""
     arch = next((a for a in architectures() if a.name == model_name), None)
     if arch is None:
-        return
+        return None
     if arch.cached:
         st.success(f"ImageNet weights for {model_name} are cached on this server.",
                    icon=":material/check_circle:")  # fmt: skip
-        return
+        return None
+    available = weights_availability(model_name)
+    if not available.loads:
+        return public(available.message())
     size = f" ({arch.file_size_mb:.0f} MB)" if arch.file_size_mb else ""
     st.warning(
         f"The ImageNet weights for {model_name}{size} are not on this server yet; the "
@@ -186,7 +191,7 @@ def imagenet_weights_status(model_name: str) -> None:
         icon=":material/cloud_download:",
     )
     if not st.button("Download them now", icon=":material/download:", key="weights_download"):
-        return
+        return None
     bar = st.progress(0.0, text="Downloading…")
 
     def on_bytes(done: int, total: int) -> None:
@@ -200,11 +205,12 @@ def imagenet_weights_status(model_name: str) -> None:
     else:
         architectures.clear()
         st.rerun()
+    return None
 
 
-def model_section(info: DeviceInfo, train_count: int) -> tuple[str, str | None]:
+def model_section(info: DeviceInfo, train_count: int) -> tuple[str, str | None, str | None]:
     """The architecture and its weights: (weights source, weights value or None while an
-    upload is missing)."""
+    upload is missing, why these weights cannot load here or None)."""
     st.subheader("Model")
     model_table(info, train_count)
     model_col, weights_col = st.columns(2, gap="medium")
@@ -214,13 +220,12 @@ def model_section(info: DeviceInfo, train_count: int) -> tuple[str, str | None]:
         architecture_picker(source)
     with weights_col:
         if source == "imagenet":
-            imagenet_weights_status(val("model"))
-            return source, source
+            return source, source, imagenet_weights_status(val("model"))
         if source == "none":
-            return source, source
+            return source, source, None
         if source == "upload":
-            return source, form.weights_upload("upload", (".pt", ".pth"))
-        return source, form.weights_upload("custom", (".pt2",))
+            return source, form.weights_upload("upload", (".pt", ".pth")), None
+        return source, form.weights_upload("custom", (".pt2",)), None
 
 
 # ----------------------------------------------------------------------- settings
@@ -435,7 +440,7 @@ def main() -> None:
     dataset = dataset_section()
     info = device_info()
     recipe_section()
-    source, weights = model_section(info, len(dataset.rows("train")))
+    source, weights, unavailable = model_section(info, len(dataset.rows("train")))
     # Every widget has written its value into the form state before this script runs, so
     # the config (and each problem, shown under its widget below) is known up front.
     try:
@@ -443,7 +448,7 @@ def main() -> None:
     except ConfigError as exc:
         error_box(str(exc), exc)
         st.stop()
-    problems = form.check(config, source, weights)
+    problems = form.check(config, source, weights, unavailable)
     problems.show("model", "weights")
     training_section(problems)
     advanced_section(problems)

@@ -23,6 +23,11 @@ from finetune_core.data.split import SplitSpec
 from finetune_core.store import Workspace
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "star")
+# The one-click demo of the Home page: 80 images per class split 60/20/20 gives 48
+# validation and 48 test images (one image is about 2 points of accuracy, not 8 as with
+# 12), while training on 144 images stays about a minute on a 2-core CPU.
+DEMO_PER_CLASS = 80
+DEMO_SPLIT = SplitSpec(train=0.6, val=0.2, test=0.2)
 
 
 def make_demo_folder(
@@ -53,10 +58,18 @@ def create_demo_dataset(
     creator: str = "",
     classes: int = 3,
     name: str = "demo",
+    split: SplitSpec | None = None,
 ) -> Dataset:
-    """Generate and ingest the demo dataset. The same parameters return the existing one."""
+    """Generate and ingest the demo dataset. The same parameters return the existing one.
 
-    params = {"classes": classes, "per_class": per_class, "size": size, "seed": 0}
+    ``split`` defaults to ``SplitSpec()``; the Home page's demo uses ``DEMO_SPLIT``.
+    """
+    split = split or SplitSpec()
+    params: dict[str, object] = {
+        "classes": classes, "per_class": per_class, "size": size, "seed": 0,
+    }  # fmt: skip
+    if split != SplitSpec():
+        params["split"] = split.to_dict()
     for record in workspace.list_datasets():
         if record.source_kind == "demo" and record.summary.get("demo") == params:
             return load_dataset(workspace, record.id)
@@ -72,7 +85,7 @@ def create_demo_dataset(
             source,
             name=unique,
             creator=creator,
-            split=SplitSpec(),
+            split=split,
             progress=None,
             limits=None,
             source_kind="demo",

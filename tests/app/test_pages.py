@@ -215,15 +215,20 @@ def test_password_mode_signs_in_and_limits_changes_to_the_creator(
 
 
 # --------------------------------------------------------------------- home -> setup
-def test_demo_button_creates_the_dataset_and_opens_setup_with_quick(app_ws: Workspace) -> None:
+def test_demo_button_creates_the_dataset_and_opens_setup_with_its_settings(
+    app_ws: Workspace,
+) -> None:
     at = open_page("home")
     next(b for b in at.button if b.label == "Set up a run on the demo data").click().run()
     assert_ok(at)
     assert at.title[0].value == "Setup"
     [record] = app_ws.list_datasets()
     assert record.source_kind == "demo" and record.num_classes == 3
-    assert at.session_state["setup_preset"] == "quick"
-    assert at.session_state["cfg_strategy"] == "probe"
+    # The demo's own settings (presets.demo_config): a probe on cached ImageNet weights,
+    # else a small network from scratch, never weights that cannot load here.
+    cached = services.imagenet_cached("resnet18")
+    assert at.session_state["cfg_strategy"] == ("probe" if cached else "full")
+    assert at.session_state["cfg_weights_source"] == ("imagenet" if cached else "none")
     assert at.selectbox(key="setup_dataset").value == record.id
 
 
@@ -334,6 +339,7 @@ def test_data_page_gallery_rename_and_delete(app_ws: Workspace) -> None:
 def test_setup_explains_invalid_settings_inline(app_ws: Workspace) -> None:
     dataset = create_demo_dataset(app_ws, per_class=6, size=32)
     at = open_page("setup", dataset=dataset.id)
+    at.radio(key="cfg_weights_source").set_value("none").run()  # ImageNet may be offline
     assert at.button(key="start").disabled is False
     at.selectbox(key="cfg_strategy").set_value("finetune").run()
     at.number_input(key="cfg_epochs").set_value(2)
