@@ -10,7 +10,8 @@ which layer is the last convolutional stage (for Grad-CAM). Everything numeric
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -35,6 +36,9 @@ ZOO: tuple[str, ...] = (
 )
 
 N_BACKBONE_GROUPS = 4  # plus the head: 5 parameter groups per torchvision model
+# A weights file whose backbone tensors match an architecture this well (shared keys of
+# equal shape over all keys of both) was saved from it; 1.0 is an exact match.
+SAME_ARCH_SCORE = 0.9
 
 GroupItem = nn.Module | nn.Parameter
 
@@ -185,6 +189,46 @@ def backbone_group_names(backbone: nn.Module, arch: str, prefix: str = "") -> li
             f"{arch}: parameter groups do not cover the model once (e.g. {missing})."
         )
     return groups
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a zoo architecture's backbone holds: Classifier keys ("backbone.*") -> shapes,
+    and the size of the feature vector it hands the head."""
+
+    shapes: Mapping[str, tuple[int, ...]]
+    feature_size: int
+
+
+@functools.cache
+def signature(arch: str) -> Signature:
+    """The backbone signature of ``arch``, built once per process (shapes only)."""
+    try:  # on the meta device: shapes without allocating or initialising anything
+        with torch.device("meta"):
+            net = build_torchvision(arch)
+    except (NotImplementedError, RuntimeError):  # regnet computes its widths with real tensors
+        net = build_torchvision(arch)
+    feature_size = strip_head(net, arch)
+    shapes = {"backbone." + k: tuple(v.shape) for k, v in net.state_dict().items()}
+    return Signature(shapes, feature_size)
+
+
+def fit_score(state: Mapping[str, torch.Tensor], arch: str) -> float:
+    """How well a file's backbone tensors (Classifier keys) fit ``arch``: keys present in
+    both with equal shapes, over the keys of either (1.0: saved from ``arch``)."""
+    ref = signature(arch).shapes
+    keys = [k for k in state if k.startswith("backbone.")]
+    shared = sum(1 for k in keys if ref.get(k) == tuple(state[k].shape))
+    union = len(ref) + len(keys) - shared
+    return shared / union if union else 0.0
+
+
+def guess_architecture(state: Mapping[str, torch.Tensor]) -> tuple[str | None, float]:
+    """The zoo architecture a state_dict (Classifier keys) was saved from, with its
+    :func:`fit_score`; (None, best score) when none fits at least ``SAME_ARCH_SCORE``."""
+    scores = {name: fit_score(state, name) for name in ZOO}
+    best = max(scores, key=lambda name: scores[name])
+    return (best if scores[best] >= SAME_ARCH_SCORE else None), scores[best]
 
 
 class ExportedBackbone(nn.Module):

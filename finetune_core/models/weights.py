@@ -10,7 +10,6 @@ would run code when unpickled is refused instead of executed.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import http.client
 import os
@@ -20,21 +19,23 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 from torchvision.models import get_model_weights
 
-from finetune_core.models.backbone import (
-    ZOO,
-    ExportedBackbone,
-    build_torchvision,
-    family_of,
-    strip_head,
-)
+from finetune_core.models.backbone import ZOO, ExportedBackbone, family_of
 from finetune_core.models.safe_pt2 import UnsafeProgramError, load_program
+from finetune_core.models.weights_fit import (
+    Shapes,
+    WeightsError,
+    best_key_layout,
+    plan_state_dict,
+    resize_vit_positions,
+    short_list,
+)
 
 Progress = Callable[[int, int], None]
 
@@ -45,12 +46,7 @@ TIMEOUT_S = 10.0  # per socket operation: fail fast when offline
 CHUNK = 1 << 20
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model_state", "model")
 STRIP_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
-MIN_MATCH_FRACTION = 0.5  # below this, the file is for another architecture
 HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")  # torch hub's "name-<sha256 prefix>.pth"
-
-
-class WeightsError(Exception):
-    """Weights could not be obtained or do not fit; the message says what to do."""
 
 
 class UnknownArchitectureError(WeightsError, ValueError):
@@ -239,20 +235,6 @@ def _strip(key: str) -> str:
     return key
 
 
-def to_classifier_keys(state: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
-    """Map torchvision keys ("layer1.0.conv1.weight", "fc.weight") onto Classifier keys.
-
-    A Classifier state_dict ("backbone.*", "head.*") passes through unchanged.
-    """
-    if any(k.startswith(("backbone.", "head.")) for k in state):
-        return dict(state)
-    head = family_of(arch).head + "."
-    return {
-        ("head.1." + k[len(head) :] if k.startswith(head) else "backbone." + k): v
-        for k, v in state.items()
-    }
-
-
 def apply_state_dict(
     model: nn.Module,
     state: dict[str, torch.Tensor],
@@ -262,27 +244,17 @@ def apply_state_dict(
 ) -> LoadReport:
     """Load ``state`` (torchvision or Classifier keys) into a Classifier, reporting gaps.
 
-    A head of another size is left newly initialised (``replaced_head``); a file whose
-    backbone tensors mostly do not fit raises WeightsError. ``label`` names the file in
-    messages (default: ``source``).
+    A head of another size is left newly initialised (``replaced_head``); a file saved
+    from another architecture raises WeightsError (see :func:`plan_state_dict`). ``label``
+    names the file in messages (default: ``source``).
     """
     label = label or source
-    target = model.state_dict()
-    state = _best_key_layout(state, arch, target)
+    target = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state = best_key_layout(state, arch, target)
     if family_of(arch).fixed_size:
-        state = _resize_vit_positions(state, target, model)
-    usable, unexpected, mismatched = _match_keys(state, target)
-    missing = [k for k in target if k not in state]
-    backbone_keys = [k for k in target if k.startswith("backbone.")]
-    matched = sum(1 for k in backbone_keys if k in usable)
-    if matched < MIN_MATCH_FRACTION * len(backbone_keys):
-        guess = _guess_arch(state, exclude=arch)
-        hint = f" It looks like weights for {guess}." if guess else ""
-        raise WeightsError(
-            f"{Path(label).name} looks like weights for a different architecture: only "
-            f"{matched} of {len(backbone_keys)} {arch} backbone tensors match by name and "
-            f"shape.{hint} Choose the matching model, or another weights file."
-        )
+        state = resize_vit_positions(state, target, model)
+    plan = plan_state_dict(state, arch, target, label)
+    usable = plan.usable
     head_keys = ("head.1.weight", "head.1.bias")
     replaced_head = not all(k in usable for k in head_keys)
     if replaced_head:  # a partial head is worse than a fresh one
@@ -290,23 +262,23 @@ def apply_state_dict(
             usable.pop(k, None)
     model.load_state_dict(usable, strict=False)
     # The head is expected to be new when the file has another one; report only real gaps.
-    missing = [k for k in missing if k not in head_keys]
-    mismatched_body = [k for k in mismatched if k not in head_keys]
-    parts = [f"Loaded {matched} of {len(backbone_keys)} backbone tensors from {label}."]
+    missing = [k for k in plan.missing if k not in head_keys]
+    mismatched_body = [k for k in plan.mismatched if k not in head_keys]
+    parts = [f"Loaded {plan.matched} of {plan.total} backbone tensors from {label}."]
     if replaced_head:
         parts.append(_new_head_note(state, target))
     if missing:
-        parts.append(f"Missing in the file ({len(missing)}): {_short(missing)}.")
+        parts.append(f"Missing in the file ({len(missing)}): {short_list(missing)}.")
     if mismatched_body:
         parts.append(
-            f"Other shape in the file ({len(mismatched_body)}): {_short(mismatched_body)}."
+            f"Other shape in the file ({len(mismatched_body)}): {short_list(mismatched_body)}."
         )
-    if unexpected:
-        parts.append(f"Not used ({len(unexpected)}): {_short(unexpected)}.")
+    if plan.unexpected:
+        parts.append(f"Not used ({len(plan.unexpected)}): {short_list(plan.unexpected)}.")
     return LoadReport(
         source=source,
         missing_keys=missing,
-        unexpected_keys=unexpected,
+        unexpected_keys=plan.unexpected,
         replaced_head=replaced_head,
         message=" ".join(parts),
         mismatched_keys=mismatched_body,
@@ -314,95 +286,14 @@ def apply_state_dict(
     )
 
 
-def _best_key_layout(
-    state: dict[str, torch.Tensor], arch: str, target: dict[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """Classifier keys for ``state``; also tries without a wrapper's common first name.
-
-    Lightning and similar wrappers save "model.layer1..." where torchvision has "layer1...".
-    """
-    mapped = to_classifier_keys(state, arch)
-    first = {k.split(".", 1)[0] for k in state}
-    if len(first) != 1 or not all("." in k for k in state):
-        return mapped
-    prefix = next(iter(first)) + "."
-    unwrapped = to_classifier_keys({k[len(prefix) :]: v for k, v in state.items()}, arch)
-
-    def hits(candidate: dict[str, torch.Tensor]) -> int:
-        return sum(1 for k, v in candidate.items() if k in target and target[k].shape == v.shape)
-
-    return unwrapped if hits(unwrapped) > hits(mapped) else mapped
-
-
-def _short(keys: list[str], n: int = 5) -> str:
-    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
-
-
-def _match_keys(
-    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
-) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
-    """Split ``state`` into (tensors that fit ``target``, keys ``target`` lacks, other shapes)."""
-    usable: dict[str, torch.Tensor] = {}
-    unexpected: list[str] = []
-    mismatched: list[str] = []
-    for key, value in state.items():
-        if key not in target:
-            unexpected.append(key)
-        elif target[key].shape != value.shape:
-            mismatched.append(key)
-        else:
-            usable[key] = value
-    return usable, unexpected, mismatched
-
-
-def _new_head_note(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> str:
+def _new_head_note(state: dict[str, torch.Tensor], target: Shapes) -> str:
     file_head = state.get("head.1.weight")
     if file_head is None:
         return "New head (the file has none)."
     return (
-        f"New head for {target['head.1.weight'].shape[0]} classes "
+        f"New head for {target['head.1.weight'][0]} classes "
         f"(the file's head has {file_head.shape[0]} outputs)."
     )
-
-
-def _resize_vit_positions(
-    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], model: nn.Module
-) -> dict[str, torch.Tensor]:
-    """Interpolate a ViT's position embeddings when the file was trained at another size."""
-    key = "backbone.encoder.pos_embedding"
-    if key not in state or key not in target or state[key].shape == target[key].shape:
-        return state
-    from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
-
-    vit = cast(VisionTransformer, model.get_submodule("backbone"))  # fixed_size: a ViT
-    resized = interpolate_embeddings(
-        vit.image_size, vit.patch_size, {"encoder.pos_embedding": state[key]}
-    )
-    return {**state, key: resized["encoder.pos_embedding"]}
-
-
-def _guess_arch(state: dict[str, torch.Tensor], exclude: str) -> str | None:
-    """The zoo architecture whose backbone keys and shapes the file matches best (>= 90%)."""
-    best, best_score = None, 0.9
-    for name in ZOO:
-        if name == exclude:
-            continue
-        ref = _backbone_shapes(name)
-        score = sum(1 for k, s in ref.items() if k in state and state[k].shape == s) / len(ref)
-        if score >= best_score:
-            best, best_score = name, score
-    return best
-
-
-@functools.cache
-def _backbone_shapes(arch: str) -> dict[str, torch.Size]:
-    try:  # on the meta device: shapes without allocating or initialising anything
-        with torch.device("meta"):
-            net = build_torchvision(arch)
-    except (NotImplementedError, RuntimeError):  # regnet computes its widths with real tensors
-        net = build_torchvision(arch)
-    strip_head(net, arch)
-    return {"backbone." + k: v.shape for k, v in net.state_dict().items()}
 
 
 # ------------------------------------------------------------------- .pt2 backbones
