@@ -7,6 +7,7 @@ import streamlit as st
 from finetune_core.auth.access import can_start
 from finetune_core.data import IngestError, create_demo_dataset
 from finetune_core.data.demo import DEMO_PER_CLASS, DEMO_SPLIT
+from finetune_core.data.split import quotas
 from finetune_core.device import DeviceInfo, device_info
 from finetune_core.jobs.manager import JobError
 from finetune_core.presets import demo_config
@@ -102,7 +103,7 @@ def demo_card() -> None:
     )
     st.caption(
         f"{DEMO_SPLIT.val:.0%} of the pictures are for validation (choosing the best epoch) and "
-        f"{DEMO_SPLIT.test:.0%} for the final test, {round(DEMO_PER_CLASS * DEMO_SPLIT.val)} "
+        f"{DEMO_SPLIT.test:.0%} for the final test, {quotas(DEMO_PER_CLASS, DEMO_SPLIT)[0]} "
         "of each class in each. The two accuracies differ by a few points by chance; the "
         "test figure is the honest one, as the model was never chosen on it."
     )

@@ -91,8 +91,8 @@ def test_demo_setup_picks_weights_that_load_here(offline: Workspace) -> None:
 def test_the_demo_dataset_has_readable_val_and_test_splits(offline: Workspace) -> None:
     dataset = create_demo_dataset(offline, per_class=DEMO_PER_CLASS, split=DEMO_SPLIT)
     totals = {s: sum(c.values()) for s, c in dataset.split_counts().items()}
-    assert totals == {"train": 144, "val": 48, "test": 48}
-    assert all(n == 16 for c in ("val", "test") for n in dataset.split_counts()[c].values())
+    assert totals == {"train": 222, "val": 114, "test": 114}
+    assert all(n == 38 for c in ("val", "test") for n in dataset.split_counts()[c].values())
     again = create_demo_dataset(offline, per_class=DEMO_PER_CLASS, split=DEMO_SPLIT)
     assert again.id == dataset.id
     assert create_demo_dataset(offline, per_class=DEMO_PER_CLASS).id != dataset.id
