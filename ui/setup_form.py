@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -26,6 +27,7 @@ from finetune_core.config import (
 )
 from finetune_core.data.uploads import save_weights_upload
 from finetune_core.jobs import launcher
+from finetune_core.models.weights_check import WeightsReport, inspect_weights
 from finetune_core.presets import PRESETS_BY_KEY, preset_of
 from ui.components import esc
 from ui.services import public, uploads_dir
@@ -207,6 +209,10 @@ def check(
         by_field["weights"] = [MISSING_WEIGHTS[source]]
     if unavailable:
         by_field["weights"] = [unavailable]
+    if weights and source in MISSING_WEIGHTS:  # an uploaded file: refused if it does not fit
+        report = weights_report(weights, config.model, config.image_size)
+        if not report.ok:
+            by_field["weights"] = [esc(public(report.message))]
     return FormProblems(by_field)
 
 
@@ -228,7 +234,48 @@ def weights_upload(kind: str, suffixes: tuple[str, ...]) -> str | None:
         except ValueError as exc:
             st.error(esc(public(str(exc))))
             return None
-    return saved[upload.file_id]
+    path = saved[upload.file_id]
+    show_weights_report(weights_report(path, val("model"), int(val("image_size"))))
+    return path
+
+
+@st.cache_data(max_entries=64, show_spinner="Checking the weights file…")
+def _inspected(path: str, arch: str, image_size: int, mtime: float) -> WeightsReport:
+    return inspect_weights(path, arch, image_size)
+
+
+def weights_report(path: str, arch: str, image_size: int) -> WeightsReport:
+    """What an uploaded weights file holds, checked against ``arch`` (once per file)."""
+    file = Path(path)
+    return _inspected(path, arch, image_size, file.stat().st_mtime if file.exists() else 0.0)
+
+
+def weights_facts(report: WeightsReport) -> str:
+    """One line of what was found in the file: architecture, tensors, feature size."""
+    if report.architecture_guess == "custom":
+        found = ["a torch.export backbone"]
+    elif report.architecture_guess:
+        found = [f"{report.architecture_guess} weights"]
+    else:
+        found = ["weights of no architecture offered here"]
+    if report.matched is not None:
+        found.append(f"{report.matched} of {report.total} {report.arch} backbone tensors match")
+    if report.unused:
+        found.append(f"{report.unused} unused")
+    if report.feature_size:
+        found.append(f"{report.feature_size} features per image")
+    if report.file_classes:
+        found.append(f"a head with {report.file_classes} outputs")
+    return "Found: " + " · ".join(found)
+
+
+def show_weights_report(report: WeightsReport) -> None:
+    """Under the uploader: what the file holds; a refusal's reason shows with the
+    form's problems (``check``), which also keeps Start disabled."""
+    if report.ok:
+        st.success(esc(public(report.message)), icon=":material/check_circle:")
+    elif report.matched is not None or report.architecture_guess:
+        st.caption(esc(weights_facts(report)))
 
 
 # ----------------------------------------------------------------- advanced settings
