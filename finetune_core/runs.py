@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,26 @@ def write_history(paths: RunPaths, rows: list[dict[str, Any]]) -> None:
 
 def clear_history(paths: RunPaths) -> None:
     paths.history.unlink(missing_ok=True)
+
+
+def append_log(paths: RunPaths, message: str, when: float | None = None) -> None:
+    """Add a line to the run's log: "YYYY-MM-DD HH:MM:SS message" in local time; a
+    message's own line breaks become " | " so that a line is a message."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+    text = " | ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    paths.log.parent.mkdir(parents=True, exist_ok=True)
+    with paths.log.open("a", encoding="utf-8") as handle:
+        handle.write(f"{stamp} {text}\n")
+
+
+def read_log(paths: RunPaths, last: int | None = None) -> list[str]:
+    """The run's log lines, oldest first (the ``last`` ones when given); [] without a log."""
+    try:
+        text = paths.log.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-last:] if last else lines
 
 
 def read_info(paths: RunPaths) -> dict[str, Any]:

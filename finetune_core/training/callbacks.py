@@ -1,5 +1,6 @@
 """The loop's standard callbacks: the one rule for "best", the best checkpoint, early
-stopping, the NaN guard, the stop request, history logging and the console line.
+stopping, the NaN guard, the stop request, history logging, the run's log file and the
+console line.
 
 The loop calls none of them by name; ``standard_callbacks`` lists the ones every run
 gets. They read the trainer's state (``trainer.metrics`` after an epoch, ``trainer.loss``
@@ -206,6 +207,30 @@ class MetricsLogger(Callback):
     def after_epoch(self, trainer: Any) -> None:
         if trainer.dist.is_main:
             runs.append_history(trainer.paths, trainer.history[-1])
+
+
+class RunLog(Callback):
+    """Keeps the run's log file: every ``trainer.log`` line (weights loaded, OOM batch
+    halving, why the run stopped), how the fit ended, and the error that ended it (rank 0
+    only; the loop writes nothing else there)."""
+
+    order = 21
+
+    def on_log(self, trainer: Any, message: str) -> None:
+        if trainer.dist.is_main:
+            runs.append_log(trainer.paths, message)
+
+    def after_fit(self, trainer: Any) -> None:
+        if trainer.dist.is_main:
+            best = f", best epoch {trainer.best.epoch}" if trainer.best.epoch is not None else ""
+            runs.append_log(
+                trainer.paths,
+                f"training ended: {trainer.status} after {len(trainer.history)} epochs{best}",
+            )
+
+    def on_exception(self, trainer: Any, exc: BaseException) -> None:
+        if trainer.dist.is_main:
+            runs.append_log(trainer.paths, f"failed: {type(exc).__name__}: {exc}")
 
 
 class ConsoleProgress(Callback):

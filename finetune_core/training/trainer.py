@@ -36,6 +36,7 @@ from finetune_core.training.callbacks import (
     EarlyStopping,
     MetricsLogger,
     NaNGuard,
+    RunLog,
     StopOnRequest,
     TrainingDiverged,
     TrainingError,
@@ -144,7 +145,7 @@ class Trainer:
         if not self.persist:
             return out
         out += [BestMetric(self.best, self.cfg.best_metric, self.cfg.es_min_delta)]
-        out += [BestCheckpoint(), MetricsLogger()]
+        out += [BestCheckpoint(), MetricsLogger(), RunLog()]
         if self.cfg.early_stopping:
             out.append(EarlyStopping(self.cfg.es_patience))
         return out
