@@ -18,7 +18,7 @@ from finetune_core.data.dataset import run_dataset
 from finetune_core.data.images import ImageReadError, open_rgb
 from finetune_core.evaluation.evaluate import read_predictions
 from finetune_core.export import read_export_checks
-from finetune_core.runs import RunError, run_record, run_workspace
+from finetune_core.runs import RunError, read_log, run_record, run_workspace
 
 if TYPE_CHECKING:  # type hints only; the functions take these objects as arguments
     from finetune_core.runs import RunFolder
@@ -57,6 +57,7 @@ class ReportData:
     export_checks: list[dict] = field(default_factory=list)
     finished_at: str = ""
     generated_at: str = ""  # defaults to the time of rendering
+    log: list[str] = field(default_factory=list)  # the run's log lines (runs.read_log)
 
 
 def collect_report_data(
@@ -119,6 +120,7 @@ def collect_report_data(
         notes=(record.notes if record else "") or config.notes,
         export_checks=read_export_checks(run),
         finished_at=((record.finished_at or "") if record else "") or _mtime(run.paths.summary),
+        log=read_log(run.paths),
     )
 
 

@@ -154,7 +154,11 @@ def _training(d: ReportData, figures: Figures) -> dict[str, Any]:
         cards.append(Card("Best epoch", str(d.best_epoch)))
     if d.duration_seconds is not None:
         cards.append(Card("Duration", duration(d.duration_seconds)))
-    return {"cards": cards, "chart": figures.add(charts.training_curves(d.history, d.best_epoch))}
+    return {
+        "cards": cards,
+        "chart": figures.add(charts.training_curves(d.history, d.best_epoch)),
+        "log": [scrub(line) for line in d.log],
+    }
 
 
 def _metrics(d: ReportData, splits: list[str]) -> dict[str, Any]:
