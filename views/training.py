@@ -22,6 +22,7 @@ from finetune_core.config import RunConfig
 from finetune_core.device import device_info
 from finetune_core.jobs.manager import JobError
 from finetune_core.reporting import charts
+from finetune_core.runs import RunPaths, read_log
 from finetune_core.store import RunRecord, RunStatus, StoreError
 from finetune_core.training.progress import Progress
 from ui import setup_form as form
@@ -40,6 +41,7 @@ from ui.services import current_user, get_job_manager, get_workspace, public, us
 
 POLL_SECONDS = 2.0  # each viewer's refresh costs the training thread GIL time: keep it calm
 LOG_LINES = 30
+RUN_LOG_LINES = 500  # of run.log, shown once the run has ended
 
 ws = get_workspace()
 manager = get_job_manager()
@@ -192,9 +194,13 @@ def live_view(run_id: str, was_active: bool) -> None:
         shared_curves(run_id, len(snap.history), snap.best_epoch, snap.history),
         key="training_curves",
     )
-    if snap.log:
-        with st.expander("Log", expanded=still_active, icon=":material/notes:"):
-            st.code(public("\n".join(snap.log[-LOG_LINES:])), language="text")
+    # Once the run has ended, its own log file (kept across restarts) replaces the live lines.
+    saved = [] if still_active else read_log(RunPaths(ws.run_dir(run_id)), last=RUN_LOG_LINES)
+    lines = saved or list(snap.log[-LOG_LINES:])
+    if lines:
+        label = "Run log" if saved else "Log"
+        with st.expander(label, expanded=still_active, icon=":material/notes:"):
+            st.code(public("\n".join(lines)), language="text")
 
 
 def final_state(record: RunRecord) -> None:
