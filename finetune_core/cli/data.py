@@ -24,6 +24,7 @@ from finetune_core.data import (
     ingest,
     load_dataset,
 )
+from finetune_core.data.split import HOLDOUT_DEFAULT
 from finetune_core.store import Workspace
 
 EXIT_BLOCKED = 2
@@ -50,6 +51,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images-root", help="CSV only: the folder the CSV's paths are relative to")
     p.add_argument("--val", type=float, default=0.1, help="validation fraction (default 0.1)")
     p.add_argument("--test", type=float, default=0.1, help="test fraction (default 0.1)")
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=HOLDOUT_DEFAULT,
+        help=(
+            "when the source brings its own split without a test part, this share of each "
+            f"class's train images becomes test (default {HOLDOUT_DEFAULT:g}; 0: keep it as is)"
+        ),
+    )
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     p.add_argument("--creator", default="", help="who imported it")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -98,7 +108,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             source,
             name=name,
             creator=args.creator,
-            split=SplitSpec.from_fractions(val=args.val, test=args.test, seed=args.seed),
+            split=SplitSpec.from_fractions(
+                val=args.val, test=args.test, seed=args.seed, holdout=args.holdout
+            ),
             progress=progress,
         )
     except IngestError as exc:

@@ -14,7 +14,15 @@ from pathlib import Path
 from finetune_core import runs
 from finetune_core.cli.workspace_runs import cli_creator, end_cli_run, start_cli_run
 from finetune_core.config import ConfigError, RunConfig
-from finetune_core.data import Dataset, DatasetNotFound, IngestError, ingest, load_dataset
+from finetune_core.data import (
+    Dataset,
+    DatasetNotFound,
+    IngestError,
+    SplitSpec,
+    ingest,
+    load_dataset,
+)
+from finetune_core.data.split import HOLDOUT_DEFAULT
 from finetune_core.jobs import launcher
 from finetune_core.jobs.manager import StoreEpochs, record_result, write_run_info
 from finetune_core.models.classifier import WeightsError, list_architectures
@@ -115,10 +123,12 @@ def _ingest_or_reuse(workspace: Workspace, path: Path) -> Dataset:
     """Ingest ``path`` under its name (``photos``, or ``photos-2`` when another dataset
     has that name); when the workspace already has a dataset with the same fingerprint
     (the same images, names and splits: the same folder ingested before), drop the new
-    copy and use that one."""
+    copy and use that one. A train/val folder without test gets the Data page's default
+    test hold-out, as ``data ingest`` does."""
     try:
         name = workspace.free_dataset_name(path.stem or "dataset")
-        result = ingest(workspace, path, name=name, creator=cli_creator())
+        split = SplitSpec.from_fractions(holdout=HOLDOUT_DEFAULT)
+        result = ingest(workspace, path, name=name, creator=cli_creator(), split=split)
     except (IngestError, StoreError) as exc:
         raise SystemExit(f"error: {path} could not be ingested: {exc}") from exc
     new = result.dataset

@@ -45,7 +45,8 @@ def test_ingest_prints_a_table_and_exits_zero(
     assert next(line for line in lines if line.startswith("cat")).split() == ["cat", "8", "2", "10"]
     assert "INFO     ignored_entry" in out and "files: cat/notes.txt" in out
     record = workspace.find_dataset_by_name("pets")
-    assert record.summary["split"] == {"train": 0.8, "val": 0.2, "test": 0.0, "seed": 1}
+    split = {"train": 0.8, "val": 0.2, "test": 0.0, "seed": 1, "holdout": 0.15}
+    assert record.summary["split"] == split
 
 
 def test_ingest_json(workspace: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture):
@@ -142,3 +143,22 @@ def test_csv_source_name_defaults_and_images_root(
     monkeypatch.chdir(root)
     assert run(workspace, "ingest", ".") == 0
     assert workspace.find_dataset_by_name("imgs") is not None
+
+
+@pytest.mark.parametrize(("flags", "expected"), [((), (16, 4)), (("--holdout", "0"), (20, 0))])
+def test_ingest_holds_out_a_test_split_when_the_data_has_none(
+    workspace: Workspace,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    flags: tuple[str, ...],
+    expected: tuple[int, int],
+):
+    """train/ + val/ without test/: the CLI applies the Data page's default 15% hold-out."""
+    root = tmp_path / "split"
+    make_tree(root, {"a": 10, "b": 10}, prefix="train")
+    make_tree(root, {"a": 3, "b": 3}, seed=1, prefix="val")
+    assert run(workspace, "ingest", str(root), "--json", *flags) == 0
+    counts = json.loads(capsys.readouterr().out)["split_counts"]
+    train, test = (sum(counts.get(part, {}).values()) for part in ("train", "test"))
+    assert (train, test) == expected
+    assert counts["val"] == {"a": 3, "b": 3}
