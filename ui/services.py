@@ -13,6 +13,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from finetune_core import runs as run_files
 from finetune_core.auth.access import User, public_error
 from finetune_core.data.images import open_rgb
 from finetune_core.evaluation.evaluate import read_predictions
@@ -58,6 +59,15 @@ def get_workspace() -> Workspace:
     if get_script_run_ctx() is not None:
         require_login()
     return _open_workspace(str(workspace_root()))
+
+
+def val_accuracy(record: RunRecord) -> float | None:
+    """The run's validation accuracy as runs.py (its one owner) reads it, for every page."""
+    return run_files.val_accuracy(
+        RunPaths(get_workspace().run_dir(record.id)),
+        record.best_val_accuracy,
+        training=record.status in RunStatus.ACTIVE,
+    )
 
 
 def get_job_manager() -> JobManager:

@@ -20,7 +20,14 @@ from ui.components import (
     metric_row,
     status_badge,
 )
-from ui.services import current_user, get_job_manager, get_workspace, imagenet_cached, user
+from ui.services import (
+    current_user,
+    get_job_manager,
+    get_workspace,
+    imagenet_cached,
+    user,
+    val_accuracy,
+)
 from ui.setup_form import open_in_setup
 
 ws = get_workspace()
@@ -145,7 +152,7 @@ def recent_runs() -> None:
             status_badge(run.status)
             st.text(run.name or run.id)
             st.caption(
-                f"{run.model} · {run.strategy} · val accuracy {fmt_pct(run.best_val_accuracy)} "
+                f"{run.model} · {run.strategy} · val accuracy {fmt_pct(val_accuracy(run))} "
                 f"· {fmt_when(run.created_at)}"
             )
             target = (

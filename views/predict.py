@@ -18,7 +18,7 @@ from finetune_core.models.loaded import LoadedModel
 from finetune_core.runs import RunError
 from finetune_core.store import RunRecord
 from ui.components import error_box, esc, paginate, pick_run
-from ui.services import finished_runs_with_model, get_workspace, load_model
+from ui.services import finished_runs_with_model, get_workspace, load_model, val_accuracy
 
 ws = get_workspace()
 IMAGE_TYPES = UPLOAD_TYPES
@@ -52,7 +52,8 @@ def model_of(run: RunRecord) -> LoadedModel:
 
 
 def model_caption(run: RunRecord, model: LoadedModel) -> None:
-    accuracy = f"{run.best_val_accuracy:.1%}" if run.best_val_accuracy is not None else "–"
+    value = val_accuracy(run)
+    accuracy = f"{value:.1%}" if value is not None else "–"
     st.caption(
         f"{run.model} · {len(model.class_names)} classes · input {model.image_size} px · "
         f"validation accuracy {accuracy}"

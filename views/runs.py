@@ -8,7 +8,6 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
-from finetune_core import runs as run_files
 from finetune_core.auth.access import (
     PermissionDenied,
     User,
@@ -21,7 +20,6 @@ from finetune_core.auth.access import (
 )
 from finetune_core.config import RunConfig
 from finetune_core.jobs.manager import JobError
-from finetune_core.runs import RunPaths
 from finetune_core.store import RunRecord, RunStatus, StoreError
 from ui import setup_form as form
 from ui.components import (
@@ -34,19 +32,18 @@ from ui.components import (
     status_badge,
     status_label,
 )
-from ui.services import current_user, get_job_manager, get_workspace, has_model, public, user
+from ui.services import (
+    current_user,
+    get_job_manager,
+    get_workspace,
+    has_model,
+    public,
+    user,
+    val_accuracy,
+)
 
 ws = get_workspace()
 manager = get_job_manager()
-
-
-def val_accuracy(record: RunRecord) -> float | None:
-    """The run's validation accuracy, as runs.py (its one owner) reads it."""
-    return run_files.val_accuracy(
-        RunPaths(ws.run_dir(record.id)),
-        record.best_val_accuracy,
-        training=record.status in RunStatus.ACTIVE,
-    )
 
 
 SORTS = {  # label -> (key, descending)

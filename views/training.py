@@ -37,7 +37,14 @@ from ui.components import (
     pick_run,
     status_badge,
 )
-from ui.services import current_user, get_job_manager, get_workspace, public, user
+from ui.services import (
+    current_user,
+    get_job_manager,
+    get_workspace,
+    public,
+    user,
+    val_accuracy,
+)
 
 POLL_SECONDS = 2.0  # each viewer's refresh costs the training thread GIL time: keep it calm
 LOG_LINES = 30
@@ -212,7 +219,7 @@ def final_state(record: RunRecord) -> None:
 def _outcome(record: RunRecord) -> None:
     if record.status == RunStatus.SUCCEEDED:
         st.success(
-            f"Finished: best validation accuracy {fmt_pct(record.best_val_accuracy)} at epoch "
+            f"Finished: best validation accuracy {fmt_pct(val_accuracy(record))} at epoch "
             f"{record.best_epoch} of {record.epochs_run}, in {fmt_duration(record.train_seconds)}.",
             icon=":material/check_circle:",
         )
