@@ -9,6 +9,7 @@ after a batch) and end training by raising ``StopTraining``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -212,25 +213,26 @@ class MetricsLogger(Callback):
 class RunLog(Callback):
     """Keeps the run's log file: every ``trainer.log`` line (weights loaded, OOM batch
     halving, why the run stopped), how the fit ended, and the error that ended it (rank 0
-    only; the loop writes nothing else there)."""
+    only). Best effort: a log that cannot be written (disk full) never fails a run nor
+    hides the error that ended it."""
 
     order = 21
 
     def on_log(self, trainer: Any, message: str) -> None:
-        if trainer.dist.is_main:
-            runs.append_log(trainer.paths, message)
+        self._write(trainer, message)
 
     def after_fit(self, trainer: Any) -> None:
-        if trainer.dist.is_main:
-            best = f", best epoch {trainer.best.epoch}" if trainer.best.epoch is not None else ""
-            runs.append_log(
-                trainer.paths,
-                f"training ended: {trainer.status} after {len(trainer.history)} epochs{best}",
-            )
+        best = f", best epoch {trainer.best.epoch}" if trainer.best.epoch is not None else ""
+        ended = f"training ended: {trainer.status} after {len(trainer.history)} epochs{best}"
+        self._write(trainer, ended)
 
     def on_exception(self, trainer: Any, exc: BaseException) -> None:
+        self._write(trainer, f"failed: {type(exc).__name__}: {exc}")
+
+    def _write(self, trainer: Any, message: str) -> None:
         if trainer.dist.is_main:
-            runs.append_log(trainer.paths, f"failed: {type(exc).__name__}: {exc}")
+            with contextlib.suppress(OSError):
+                runs.append_log(trainer.paths, message)
 
 
 class ConsoleProgress(Callback):

@@ -108,3 +108,12 @@ def test_a_refused_weights_file_is_the_run_logs_last_line(demo, tmp_path: Path) 
         fit(demo, tmp_path / "run", tiny(demo[1].id, weights=str(path)))
     last = messages(RunPaths(tmp_path / "run"))[-1]
     assert last.startswith("failed: WeightsError: ") and "looks like weights for resnet34" in last
+
+
+@pytest.mark.slow
+def test_a_log_that_cannot_be_written_hides_no_error(demo, tmp_path: Path) -> None:
+    path = tmp_path / "resnet34.pth"
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), path)
+    RunPaths(tmp_path / "run").log.mkdir(parents=True)  # run.log is a folder: writes fail
+    with pytest.raises(WeightsError, match="looks like weights for resnet34"):
+        fit(demo, tmp_path / "run", tiny(demo[1].id, weights=str(path)))
