@@ -154,9 +154,12 @@ class JobManager:
         self._enqueue(run_id, resume=True)
 
     def rerun(self, run_id: str, *, creator: str = "") -> str:
-        """Queue a new run with the same config as ``run_id``."""
+        """Queue a copy of ``run_id``'s config, with the run's own copy of its weights file."""
         run = self._get(run_id)
         config = RunConfig.from_dict(run.config)
+        own = RunPaths(self.workspace.run_dir(run_id)).own_weights(config.weights)
+        if own is not None and own.is_file():
+            config = config.replace(weights=str(own))
         return self.submit(config.replace(name=f"{run.name} (re-run)"), creator=creator)
 
     def stop(self, run_id: str) -> bool:

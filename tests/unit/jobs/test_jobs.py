@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
+import torchvision
 
 from finetune_core.config import RunConfig
 from finetune_core.data import create_demo_dataset
 from finetune_core.jobs.manager import JobError, JobManager, cli_command
+from finetune_core.runs import RunPaths
 from finetune_core.store import RunStatus, Workspace
 from finetune_core.training import setup
 
@@ -164,3 +168,22 @@ def test_cli_command_round_trips_non_default_fields() -> None:
     )
     assert "--data pets" in cmd and "--epochs 7" in cmd
     assert "--set augmentation=strong" in cmd and "--set label_smoothing=0.1" in cmd
+
+
+def test_rerun_uses_the_runs_own_copy_of_its_weights(demo_ws, tmp_path) -> None:
+    """The upload a run started from may be deleted later; a re-run starts from the copy
+    the first run keeps (setup.own_weights made it, as at the start of every run)."""
+    ws, ds = demo_ws
+    upload = tmp_path / "uploads" / "start.pt"
+    upload.parent.mkdir()
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), upload)
+    manager = JobManager(ws, start=False)
+    first = manager.submit(quick(ds.id, weights=str(upload)))
+    paths = RunPaths(ws.run_dir(first))
+    paths.root.mkdir(parents=True, exist_ok=True)
+    copy = setup.own_weights(SimpleNamespace(paths=paths), str(upload))
+    assert copy == str(paths.initial_weights)
+    upload.unlink()
+    second = manager.rerun(first)
+    assert ws.get_run(second).config["weights"] == str(paths.initial_weights)
+    assert ws.get_run(second).name.endswith("(re-run)")
