@@ -15,7 +15,6 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from finetune_core import runs as run_files
 from finetune_core.auth.access import User, public_error
-from finetune_core.data.images import open_rgb
 from finetune_core.evaluation.evaluate import read_predictions
 from finetune_core.evaluation.predict import explain_image
 from finetune_core.jobs.manager import JobManager
@@ -142,7 +141,7 @@ def load_model(run_dir: Path) -> LoadedModel:
 def activation_pngs(run_dir: str, mtime: float, image: str) -> tuple[bytes, bytes, str, str]:
     """Grad-CAM of one image by the run's best model (cached per checkpoint version):
     (image PNG, overlay PNG, predicted label, note)."""
-    result = explain_image(load_model(Path(run_dir)), open_rgb(image))
+    result = explain_image(load_model(Path(run_dir)), image)
     encoded = []
     for picture in (result.image, result.overlay):
         buffer = io.BytesIO()
