@@ -7,6 +7,7 @@ the charts live in modules by subject (training, evaluation, data), the shared l
 
 from finetune_core.reporting.charts.data import class_distribution, ordered_splits
 from finetune_core.reporting.charts.evaluation import (
+    CELL_TARGET_PX,
     confusion_matrix,
     per_class_bars,
     pr_curves,
@@ -31,6 +32,7 @@ from finetune_core.reporting.charts.training import (
 )
 
 __all__ = [
+    "CELL_TARGET_PX",
     "FONT",
     "HEIGHT",
     "MARGIN",

@@ -21,6 +21,10 @@ from finetune_core.reporting.charts.style import (
     label,
 )
 
+# The click targets' size in px: smaller than any drawn cell, so no two markers overlap
+# (plotly's minimum hover radius is 3 px, i.e. a 6 px marker).
+CELL_TARGET_PX = 6
+
 
 def confusion_matrix(
     counts: Sequence[Sequence[int]] | np.ndarray,
@@ -32,8 +36,17 @@ def confusion_matrix(
     A transparent Scatter trace sits on the cell centres with
     ``customdata=[true_index, pred_index]``: plotly reports clicks and
     selections on scatter points but not on heatmap cells. That trace carries
-    the same hover text as the heatmap; its hoverinfo must not be "skip",
-    which would also switch off click and selection events.
+    the hover text (its hoverinfo must not be "skip", which would also switch
+    off click and selection events); the heatmap's own hover is off, so the
+    label shown is always the cell a click opens.
+
+    Which point a click opens is plotly's "closest" rule: every point whose
+    marker contains the pointer ties, and the last one wins. Markers as big as
+    the drawn cells (whose size depends on the width the page gives the chart)
+    overlap their neighbours, so a click near an edge opened the next cell.
+    The markers are therefore tiny (CELL_TARGET_PX) and ``hoverdistance=-1``
+    lets a click anywhere reach the nearest centre: on a square grid with equal
+    x and y scales (scaleanchor) the nearest centre is the cell under the pointer.
     """
     m = np.asarray(counts, dtype=np.int64)
     c = len(class_names)
@@ -67,8 +80,7 @@ def confusion_matrix(
         colorscale="Blues",
         zmin=0,
         zmax=1 if normalized else max(1, int(m.max())),
-        hovertext=hover,
-        hovertemplate="%{hovertext}<extra></extra>",
+        hoverinfo="skip",
         colorbar={"title": {"text": "row %" if normalized else "count"}, "thickness": 14},
         xgap=1,
         ygap=1,
@@ -83,8 +95,6 @@ def confusion_matrix(
             showscale=False,
         )
     height = int(min(900, max(440, 200 + 44 * c)))
-    side = height - MARGIN["t"] - 120  # the bottom margin grows with tick labels
-    cell_px = max(4.0, side / c * 0.92)
     fig = go.Figure(heat)
     fig.add_trace(
         go.Scatter(
@@ -92,7 +102,12 @@ def confusion_matrix(
             y=[i for i in idx for _ in idx],
             customdata=[[i, j] for i in idx for j in idx],
             mode="markers",
-            marker={"symbol": "square", "size": cell_px, "color": "#000000", "opacity": 0.01},
+            marker={
+                "symbol": "square",
+                "size": CELL_TARGET_PX,
+                "color": "#000000",
+                "opacity": 0.01,
+            },
             selected={"marker": {"opacity": 0.01}},
             unselected={"marker": {"opacity": 0.01}},
             hovertext=[hover[i][j] for i in idx for j in idx],
@@ -122,7 +137,12 @@ def confusion_matrix(
         constrain="domain",
     )
     fig = apply_style(fig, title, height=height)
-    fig.update_layout(clickmode="event+select", margin={**MARGIN, "b": 120})
+    fig.update_layout(
+        clickmode="event+select",
+        hovermode="closest",
+        hoverdistance=-1,  # no cut-off: the nearest cell centre answers anywhere in the plot
+        margin={**MARGIN, "b": 120},
+    )
     return fig
 
 

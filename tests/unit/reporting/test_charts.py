@@ -116,17 +116,18 @@ def test_confusion_matrix_heatmap_and_click_overlay() -> None:
     for x, y, (true, pred) in zip(cells.x, cells.y, cells.customdata, strict=True):
         assert (x, y) == (pred, true)
     assert cells.marker.opacity <= 0.05 and cells.marker.symbol == "square"
-    assert cells.marker.size > 10
+    assert cells.marker.size == charts.CELL_TARGET_PX  # tiny: see the hit-geometry tests
     assert cells.hoverinfo != "skip"  # "skip" would also switch off click events
+    assert heat.hoverinfo == "skip"  # the only hover label is the cell a click opens
     assert fig.layout.clickmode == "event+select"
+    assert fig.layout.hovermode == "closest" and fig.layout.hoverdistance == -1
     # escaped labels: the class named <b>x</b> shows its tags
     assert list(fig.layout.xaxis.ticktext) == ["cat", "&lt;b&gt;x&lt;/b&gt;", "a &amp; b"]
     assert list(fig.layout.yaxis.ticktext) == list(fig.layout.xaxis.ticktext)
     assert fig.layout.yaxis.autorange == "reversed"
-    hover = heat.hovertext[1][0]
+    hover = cells.hovertext[3]  # true 1, predicted 0
     assert "True: &lt;b&gt;x&lt;/b&gt;" in hover and "Predicted: cat" in hover
     assert "Count: 2" in hover and "20.0%" in hover
-    assert cells.hovertext[3] == hover  # the overlay shows the same hover as the cell
     assert "<b>x" not in fig.to_json().replace("\\u003c", "<")
 
 
