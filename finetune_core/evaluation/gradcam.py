@@ -19,16 +19,28 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+# What each method is called wherever a map is shown (captions, headers, notes).
+METHOD_TITLES = {"grad-cam": "Grad-CAM", "saliency": "saliency (input gradients)"}
+
+
+def method_title(method: str) -> str:
+    """The name a user reads for ``CamResult.method``: 'Grad-CAM' only for Grad-CAM."""
+    return METHOD_TITLES.get(method, method)
+
 
 @dataclass
 class CamResult:
     """A heatmap (H, W) in [0, 1] and how it was made."""
 
     heatmap: np.ndarray
-    method: str  # "grad-cam" | "saliency"
+    method: str  # "grad-cam" | "saliency" (see METHOD_TITLES)
     class_index: int
     note: str
     probability: float | None = None  # softmax probability of class_index
+
+    @property
+    def title(self) -> str:
+        return method_title(self.method)
 
 
 def grad_cam(

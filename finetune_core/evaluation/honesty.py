@@ -108,7 +108,7 @@ def split_honesty(evaluation: Mapping[str, Any], split: str) -> SplitHonesty:
         title=SPLIT_TITLES.get(split, split.capitalize()),
         n=n,
         correct=correct,
-        accuracy=correct / n if n else 0.0,
+        accuracy=correct / n if n else float(m.get("accuracy") or 0.0),
         interval=wilson_interval(correct, n) if n else (0.0, 1.0),
         baseline=baseline,
         baseline_class=baseline_class,

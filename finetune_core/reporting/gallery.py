@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from PIL import Image
@@ -101,6 +101,60 @@ def true_class_probability(row: dict[str, Any], class_names: Sequence[str]) -> f
         return float(row["probs"][list(class_names).index(row["true"])])
     except (KeyError, ValueError, IndexError, TypeError):
         return None
+
+
+@dataclass(frozen=True)
+class ImageOrigin:
+    """What a gallery caption says about an image: its file name and where it came from."""
+
+    name: str  # the file name the user uploaded
+    folder: str  # the folder it was in within the upload ("" at the top)
+    split: str  # the split it was evaluated in (val, test)
+
+    @property
+    def where(self) -> str:
+        """'val split · from train/cat/' (the folder only when there was one)."""
+        parts = [f"{self.split} split"] if self.split else []
+        if self.folder:
+            parts.append(f"from {self.folder}/")
+        return " · ".join(parts)
+
+    @property
+    def text(self) -> str:
+        return " · ".join(p for p in (self.name, self.where) if p)
+
+
+def image_origin(rel_path: str, sources: dict[str, str], split: str = "") -> ImageOrigin:
+    """The origin of a dataset image for its caption, from ``source_names``' map (falling
+    back to the dataset-relative path when the source is unknown)."""
+    source = PurePosixPath(str(sources.get(rel_path) or rel_path).replace("\\", "/"))
+    folder = "" if str(source.parent) in (".", "/") else str(source.parent)
+    return ImageOrigin(name=source.name, folder=folder, split=split)
+
+
+def cam_candidates(predictions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Prediction rows in the order activation maps teach the most: the most confident
+    mistakes first, then the least confident correct predictions."""
+    wrong = [p for p in predictions if p.get("true") != p.get("pred")]
+    right = [p for p in predictions if p.get("true") == p.get("pred")]
+    wrong.sort(key=lambda p: -float(p.get("prob_pred", 0.0)))
+    right.sort(key=lambda p: float(p.get("prob_pred", 0.0)))
+    return wrong + right
+
+
+def default_cam_paths(
+    predictions: Sequence[dict[str, Any]], count: int = 4, mistakes: int = 3
+) -> list[str]:
+    """The images shown by default: up to ``mistakes`` most confident mistakes, the rest
+    of ``count`` filled with the least confident correct predictions."""
+    ordered = cam_candidates(predictions)
+    wrong = [p for p in ordered if p.get("true") != p.get("pred")][: min(mistakes, count)]
+    right = [p for p in ordered if p.get("true") == p.get("pred")][: count - len(wrong)]
+    picked = wrong + right
+    if len(picked) < count:  # few correct ones: more mistakes instead
+        chosen = {id(p) for p in picked}
+        picked += [p for p in ordered if id(p) not in chosen][: count - len(picked)]
+    return [str(p["path"]) for p in picked]
 
 
 def source_names(dataset: Dataset) -> dict[str, str]:

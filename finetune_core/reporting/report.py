@@ -9,6 +9,8 @@ is fetched from the network.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +19,7 @@ import jinja2
 from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
+from finetune_core.export import FORMAT_TITLES, FORMATS, BundlePaths
 from finetune_core.fsutil import atomic_write_text
 from finetune_core.reporting.report_data import (
     GALLERY_LIMIT,
@@ -34,11 +37,14 @@ if TYPE_CHECKING:  # rendering stays free of torch; only build_report reads run 
 __all__ = [
     "GALLERY_LIMIT",
     "ReportData",
+    "ReportState",
     "build_report",
     "collect_report_data",
     "make_thumbnail",
     "misclassified_gallery",
+    "refresh_report",
     "render_report",
+    "report_state",
     "template_environment",
     "write_report",
 ]
@@ -79,6 +85,57 @@ def build_report(run: RunFolder, workspace: Workspace | str | Path | None = None
     evaluation, dataset deleted) leave their sections empty, never fail.
     """
     return write_report(collect_report_data(run, workspace), run.paths.report)
+
+
+@dataclass(frozen=True)
+class ReportState:
+    """When a run's report.html was written and what it shows has changed since."""
+
+    built_at: datetime | None  # None: there is no report yet
+    changed: tuple[str, ...]  # e.g. ("the evaluation", "the ONNX export")
+
+    @property
+    def stale(self) -> bool:
+        return self.built_at is None or bool(self.changed)
+
+
+def report_inputs(run: RunFolder) -> dict[str, Path]:
+    """The files whose content the report shows after training: what, and where."""
+    inputs = {
+        "the evaluation": run.paths.evaluation,
+        "the predictions": run.paths.predictions,
+    }
+    for fmt in FORMATS:
+        inputs[f"the {FORMAT_TITLES[fmt]} export"] = BundlePaths(
+            run.paths.export_bundle(fmt)
+        ).verification
+    return inputs
+
+
+def report_state(run: RunFolder) -> ReportState:
+    """How current the run's report is: newer inputs than the report make it stale."""
+    try:
+        built = run.paths.report.stat().st_mtime
+    except OSError:
+        return ReportState(None, ())
+    changed = []
+    for what, path in report_inputs(run).items():
+        try:
+            if path.stat().st_mtime > built:
+                changed.append(what)
+        except OSError:
+            continue
+    return ReportState(datetime.fromtimestamp(built, timezone.utc), tuple(changed))
+
+
+def refresh_report(run: RunFolder, workspace: Workspace | str | Path | None = None) -> Path | None:
+    """Rebuild the report when it is missing or stale (only for an evaluated run);
+    returns its path, or None when the run has no evaluation to report."""
+    if run.evaluation() is None:
+        return None
+    if report_state(run).stale:
+        return build_report(run, workspace)
+    return run.paths.report
 
 
 @lru_cache(maxsize=1)

@@ -18,6 +18,7 @@ from finetune_core.data.dataset import run_dataset
 from finetune_core.data.images import ImageReadError, open_rgb
 from finetune_core.evaluation.evaluate import read_predictions
 from finetune_core.export import read_export_checks
+from finetune_core.reporting.gallery import image_origin, source_names
 from finetune_core.runs import RunError, read_log, run_record, run_workspace
 
 if TYPE_CHECKING:  # type hints only; the functions take these objects as arguments
@@ -49,7 +50,7 @@ class ReportData:
     metrics: dict[str, dict] = field(default_factory=dict)  # split -> compute_metrics()
     class_names: list[str] = field(default_factory=list)
     split_counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    # {thumbnail_png: bytes, true, pred, prob_pred, prob_true, split}
+    # {thumbnail_png: bytes, true, pred, prob_pred, prob_true, split, name, origin}
     gallery: list[dict] = field(default_factory=list)
     notes: str = ""
     gallery_note: str = ""  # shown instead of the gallery when it is empty
@@ -138,6 +139,7 @@ def misclassified_gallery(
     if not wrong:
         return []
     manifest = {row.path: row for row in dataset.rows()}
+    sources = source_names(dataset)
     index = {name: i for i, name in enumerate(class_names)}
     by_split: dict[str, list[dict]] = {}
     for row in wrong:
@@ -155,8 +157,11 @@ def misclassified_gallery(
                 continue
             t = index.get(row["true"])
             probs = row["probs"]
+            origin = image_origin(row["path"], sources, row["split"])
             items.append(
                 {
+                    "name": origin.name,
+                    "origin": origin.where,
                     "thumbnail_png": make_thumbnail(image),
                     "true": row["true"],
                     "pred": row["pred"],

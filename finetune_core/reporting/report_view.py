@@ -17,6 +17,7 @@ from typing import Any
 import plotly.graph_objects as go
 from markupsafe import Markup
 
+from finetune_core.evaluation.honesty import SplitHonesty, headline, split_honesty
 from finetune_core.reporting import charts
 from finetune_core.reporting.report_data import GALLERY_LIMIT, ReportData
 
@@ -32,6 +33,7 @@ class Card:
     title: str
     value: str
     small: bool = False
+    note: str = ""  # a line under the title (the interval and the baseline of an accuracy)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ def report_context(data: ReportData) -> dict[str, Any]:
         "status": status,
         "facts": _facts(data),
         "overview": _overview(data, splits),
+        "headline": _headline(data),
         "sections": sections,
         "generated": data.generated_at or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         # Our own JSON, made unable to close its <script> element by Figures.json().
@@ -109,13 +112,27 @@ def _overview(d: ReportData, splits: list[str]) -> list[Card]:
     cards = []
     for split in splits:
         m = d.metrics[split]
-        cards.append(Card(f"{split_title(split)} accuracy", pct(m.get("accuracy"))))
+        cards.append(accuracy_card(split_honesty({"splits": d.metrics}, split), titled=True))
         cards.append(Card(f"{split_title(split)} macro F1", pct(m.get("macro", {}).get("f1"))))
     if d.best_epoch is not None:
         cards.append(Card("Best epoch", str(d.best_epoch)))
     if d.model:
         cards.append(Card("Model", d.model, small=True))
     return cards
+
+
+def accuracy_card(h: SplitHonesty, titled: bool = False) -> Card:
+    """An accuracy with its split's label, 95% interval and majority-class baseline."""
+    title = f"{h.title} accuracy · {h.label}" if titled else f"Accuracy · {h.label}"
+    return Card(title, pct(h.accuracy), note=f"{h.interval_text} · {h.baseline_text}")
+
+
+def _headline(d: ReportData) -> dict[str, Any] | None:
+    """The one-line headline (test, else validation labelled optimistic) and its warnings."""
+    if not d.metrics:
+        return None
+    h = headline({"splits": d.metrics})
+    return {"text": h.text, "warnings": list(h.warnings), "optimistic": h.chose_model}
 
 
 # ------------------------------------------------------------------- sections
@@ -165,8 +182,9 @@ def _metrics(d: ReportData, splits: list[str]) -> dict[str, Any]:
     views = []
     for split in splits:
         m = d.metrics[split]
+        honest = split_honesty({"splits": d.metrics}, split)
         cards = [
-            Card("Accuracy", pct(m.get("accuracy"))),
+            accuracy_card(honest),
             Card("Balanced accuracy", pct(m.get("balanced_accuracy"))),
             Card("Macro F1", pct(m.get("macro", {}).get("f1"))),
             Card("Weighted F1", pct(m.get("weighted", {}).get("f1"))),
@@ -174,12 +192,22 @@ def _metrics(d: ReportData, splits: list[str]) -> dict[str, Any]:
         for k, v in (m.get("top_k") or {}).items():
             cards.append(Card(f"Top-{k.removeprefix('top')} accuracy", pct(v)))
         cards += [
-            Card("Macro ROC AUC", num(m.get("macro_auc"), 3)),
+            Card(
+                "Macro ROC AUC", num(m.get("macro_auc"), 3) if honest.auc_defined else "undefined"
+            ),
             Card("Log loss", num(m.get("log_loss"), 3)),
             Card("ECE", pct(m.get("calibration", {}).get("ece"))),
             Card("Images", str(m.get("n", "–"))),
         ]
-        views.append({"title": split_title(split), "cards": cards, "classes": _per_class(m)})
+        views.append(
+            {
+                "title": split_title(split),
+                "honesty": honest.text,
+                "warnings": list(honest.warnings),
+                "cards": cards,
+                "classes": _per_class(m),
+            }
+        )
     return {"splits": views}
 
 
@@ -269,6 +297,8 @@ def _thumb(g: dict) -> dict[str, str]:
         "predicted": str(g.get("pred")),
         "p_actual": pct(g.get("prob_true")),
         "p_predicted": pct(g.get("prob_pred")),
+        "name": scrub(g.get("name") or ""),
+        "origin": scrub(g.get("origin") or ""),
     }
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from test_report import _report_data
 
+from finetune_core.evaluation.honesty import HELD_OUT, OPTIMISTIC, headline, split_honesty
 from finetune_core.reporting.report import ReportData, render_report, template_environment
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -183,11 +184,20 @@ def test_the_page_has_its_sections_and_values() -> None:
 
     val, test = data.metrics["val"], data.metrics["test"]
     overview = cards()
-    assert overview["Validation accuracy"] == [f"{val['accuracy']:.1%}"]
+    assert overview[f"Validation accuracy · {OPTIMISTIC}"] == [f"{val['accuracy']:.1%}"]
+    assert overview[f"Test accuracy · {HELD_OUT}"] == [f"{test['accuracy']:.1%}"]
     assert overview["Test macro F1"] == [f"{test['macro']['f1']:.1%}"]
     assert overview["Model"] == ["resnet18"]
+    # The headline is the test split's, with its interval and baseline.
+    assert page.texts("p", **{"class": "headline-text"}) == [
+        headline({"splits": data.metrics}).text
+    ]
     metrics = cards("metrics")
-    assert metrics["Accuracy"] == [f"{val['accuracy']:.1%}", f"{test['accuracy']:.1%}"]
+    assert metrics[f"Accuracy · {OPTIMISTIC}"] == [f"{val['accuracy']:.1%}"]
+    assert metrics[f"Accuracy · {HELD_OUT}"] == [f"{test['accuracy']:.1%}"]
+    assert page.texts("p", **{"class": "honesty"}) == [
+        split_honesty({"splits": data.metrics}, s).text for s in ("val", "test")
+    ]
     assert metrics["Log loss"] == [f"{val['log_loss']:.3f}", f"{test['log_loss']:.3f}"]
     assert metrics["Images"] == [str(val["n"]), str(test["n"])]
     assert cards("training") == {
