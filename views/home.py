@@ -105,7 +105,7 @@ def demo_card() -> None:
     total = 3 * DEMO_PER_CLASS
     st.markdown(
         f"{total} small generated pictures of three shapes (circles, squares, triangles) on "
-        "noisy backgrounds. One click creates the dataset and trains a small model — about a "
+        "noisy backgrounds. One click creates the dataset and trains a small model — a minute or two "
         "minute on a CPU — and opens the live training view."
     )
     st.caption(
