@@ -105,8 +105,8 @@ def demo_card() -> None:
     total = 3 * DEMO_PER_CLASS
     st.markdown(
         f"{total} small generated pictures of three shapes (circles, squares, triangles) on "
-        "noisy backgrounds. One click creates the dataset and trains a small model — a minute or two "
-        "minute on a CPU — and opens the live training view."
+        "noisy backgrounds. One click creates the dataset and trains a small model — a minute "
+        "or two on a CPU — and opens the live training view."
     )
     st.caption(
         f"{DEMO_SPLIT.val:.0%} of the pictures are for validation (choosing the best epoch) and "
