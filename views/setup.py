@@ -111,7 +111,7 @@ def model_table(info: DeviceInfo, train_count: int) -> None:
                 "ImageNet top-1 %": a.imagenet_top1,
                 "Native input": f"{a.input_size} px",
                 "GFLOPs": a.gflops,
-                "ImageNet weights": "cached" if a.cached else "download",
+                "ImageNet weights": "cached" if a.cached else "not cached",
                 "Est. time / epoch": fmt_duration(epoch_seconds(a.name)),
             }
             for a in architectures()
@@ -125,6 +125,10 @@ def model_table(info: DeviceInfo, train_count: int) -> None:
             "Parameters (M)": st.column_config.NumberColumn(format="%.1f"),
             "ImageNet top-1 %": st.column_config.NumberColumn(format="%.1f"),
             "GFLOPs": st.column_config.NumberColumn(format="%.2f"),
+            "ImageNet weights": st.column_config.TextColumn(
+                help="Cached: on this server. Not cached: a run downloads them when it starts, "
+                "where this server can reach the internet (the chosen model is checked below)."
+            ),
             "Est. time / epoch": st.column_config.TextColumn(
                 help=f"Training every layer on {train_count} images at {image_size} px on "
                 f"this {info.kind.upper()}; a linear probe is much faster after its first epoch."
