@@ -11,9 +11,17 @@ import pandas as pd
 import streamlit as st
 
 from finetune_core.data.dataset import Dataset
+from finetune_core.evaluation.gradcam import METHOD_TITLES, method_title
 from finetune_core.reporting import charts
 from finetune_core.reporting.compare import HEADLINE, config_diff, metrics_table
-from finetune_core.reporting.gallery import cell_predictions, true_class_probability
+from finetune_core.reporting.gallery import (
+    ImageOrigin,
+    cam_candidates,
+    cell_predictions,
+    default_cam_paths,
+    image_origin,
+    true_class_probability,
+)
 from finetune_core.runs import RunFolder, RunPaths
 from finetune_core.store import RunRecord, RunStatus
 from ui.components import (
@@ -52,7 +60,11 @@ class EvalView:
         return path if path.is_file() else None
 
     def short(self, rel_path: str) -> str:
-        return Path(self.sources.get(rel_path, rel_path)).name
+        return self.origin(rel_path).name
+
+    def origin(self, rel_path: str) -> ImageOrigin:
+        """The uploaded file name and folder of an image of this split, for captions."""
+        return image_origin(rel_path, self.sources, self.split)
 
 
 TAB_TITLES = ["Confusion matrix", "Per class", "Top losses", "ROC & PR", "Calibration",
@@ -96,7 +108,8 @@ def cell_images(view: EvalView, i: int, j: int) -> None:
         caption = f"p({pred_name}) {row['prob_pred']:.2f}"
         if i != j and p_true is not None:
             caption += f" · p({true_name}) {p_true:.2f}"
-        items.append(Thumb(view.image_file(row["path"]), f"{caption} · {view.short(row['path'])}"))
+        origin = view.origin(row["path"])
+        items.append(Thumb(view.image_file(row["path"]), f"{origin.text} · {caption}"))
     thumbnail_grid(items, columns=6)
 
 
@@ -160,7 +173,8 @@ def top_losses_tab(view: EvalView) -> None:
         [
             Thumb(
                 view.image_file(item["path"]) if item.get("path") else None,
-                f"true {item['true']} · predicted {item['pred']} ({item['prob_pred']:.2f}) · "
+                (f"{view.origin(item['path']).text} · " if item.get("path") else "")
+                + f"true {item['true']} · predicted {item['pred']} ({item['prob_pred']:.2f}) · "
                 f"loss {item['loss']:.2f}",
             )
             for item in losses
@@ -193,14 +207,17 @@ def activation_card(view: EvalView, path: str, mtime: float, by_path: dict[str, 
     if file is None:
         return
     try:
-        original, heat, label, note = activation_pngs(str(view.folder.path), mtime, str(file))
+        original, heat, label, note, method = activation_pngs(
+            str(view.folder.path), mtime, str(file)
+        )
     except Exception as exc:
         error_box(f"No activation map for {view.short(path)}: {exc}", exc)
         return
     with st.container(border=True):
-        st.image(original, caption=esc(f"{view.short(path)} · true {by_path[path]['true']}"),
+        st.image(original, caption=esc(f"{view.origin(path).text} · true {by_path[path]['true']}"),
                  width="stretch")  # fmt: skip
-        st.image(heat, caption=esc(f"predicted {label}"), width="stretch")
+        st.image(heat, caption=esc(f"{method_title(method)} · predicted {label}"),
+                 width="stretch")  # fmt: skip
         st.caption(esc(note))
 
 
@@ -208,21 +225,26 @@ def activation_tab(view: EvalView) -> None:
     if view.dataset is None or not view.preds:
         st.info("Activation maps need the run's dataset and its predictions.")
         return
-    ordered = sorted(view.preds, key=lambda p: (p["true"] == p["pred"], p["prob_pred"]))
+    ordered = cam_candidates(view.preds)
     options = [p["path"] for p in ordered]
     by_path = {p["path"]: p for p in ordered}
     chosen = st.multiselect(
         "Images",
         options,
-        default=options[: min(3, len(options))],
+        default=default_cam_paths(view.preds),
         max_selections=8,
         format_func=lambda p: (
             f"{view.short(p)} (true {by_path[p]['true']}, predicted {by_path[p]['pred']})"
         ),
         key=f"cam_images_{view.run.id}_{view.split}",
-        help="Mistakes are listed first.",
+        help="The most confident mistakes are listed first, then the least confident "
+        "correct predictions: the images an activation map teaches the most about.",
     )
-    st.caption("Grad-CAM highlights the regions that drove the prediction (red = strong).")
+    st.caption(
+        f"{METHOD_TITLES['grad-cam']} highlights the regions that drove the prediction "
+        f"(red = strong); models without a convolutional feature map (ViT, custom "
+        f"backbones) show {METHOD_TITLES['saliency']} instead, and say so under each map."
+    )
     try:
         mtime = view.folder.checkpoint_path("best").stat().st_mtime
     except OSError:

@@ -138,9 +138,9 @@ def load_model(run_dir: Path) -> LoadedModel:
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def activation_pngs(run_dir: str, mtime: float, image: str) -> tuple[bytes, bytes, str, str]:
-    """Grad-CAM of one image by the run's best model (cached per checkpoint version):
-    (image PNG, overlay PNG, predicted label, note)."""
+def activation_pngs(run_dir: str, mtime: float, image: str) -> tuple[bytes, bytes, str, str, str]:
+    """Grad-CAM (or saliency) of one image by the run's best model (cached per checkpoint
+    version): (image PNG, overlay PNG, predicted label, note, method: "grad-cam"|"saliency")."""
     result = explain_image(load_model(Path(run_dir)), image)
     encoded = []
     for picture in (result.image, result.overlay):
@@ -148,7 +148,7 @@ def activation_pngs(run_dir: str, mtime: float, image: str) -> tuple[bytes, byte
         picture.save(buffer, "PNG")
         encoded.append(buffer.getvalue())
     prob = f" ({result.probability:.2f})" if result.probability is not None else ""
-    return encoded[0], encoded[1], f"{result.class_name}{prob}", result.note
+    return encoded[0], encoded[1], f"{result.class_name}{prob}", result.note, result.method
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

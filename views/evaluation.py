@@ -10,10 +10,11 @@ import streamlit as st
 
 from finetune_core.data.dataset import Dataset, run_dataset
 from finetune_core.evaluation.evaluate import evaluate_run
+from finetune_core.evaluation.honesty import split_honesty
 from finetune_core.export import FORMAT_TITLES, FORMATS, export_run, read_export_checks
 from finetune_core.reporting.compare import headline_metrics
 from finetune_core.reporting.gallery import source_names
-from finetune_core.reporting.report import build_report
+from finetune_core.reporting.report import build_report, report_state
 from finetune_core.runs import RunError, RunFolder
 from finetune_core.store import RunRecord
 from ui.components import (
@@ -86,7 +87,19 @@ def evaluate_now(folder: RunFolder) -> None:
             error_box(f"The evaluation failed: {exc}", exc)
             return
         status.update(label="Evaluation finished", state="complete")
+    rebuild_report(folder)
     st.rerun()
+
+
+def rebuild_report(folder: RunFolder) -> bool:
+    """Write the run's report again (it shows the evaluation and every export); a failure
+    is shown but never undoes the evaluation or export that came before it."""
+    try:
+        build_report(folder, ws)
+    except Exception as exc:
+        error_box(f"The report could not be rebuilt: {exc}", exc)
+        return False
+    return True
 
 
 def permalink(run: RunRecord) -> str:
@@ -95,6 +108,8 @@ def permalink(run: RunRecord) -> str:
 
 
 def report_button(run: RunRecord, folder: RunFolder) -> None:
+    """Download the report, or (re)build it when there is none or it is out of date."""
+    state = report_state(folder)
     if folder.paths.report.exists():
         st.download_button(
             "Download report",
@@ -104,15 +119,29 @@ def report_button(run: RunRecord, folder: RunFolder) -> None:
             icon=":material/description:",
             help="One HTML file with every chart and metric; opens offline, e.g. from an e-mail.",
         )
+    if state.stale:
+        label = "Rebuild the report" if state.built_at else "Build the report"
+        if st.button(label, icon=":material/description:", key="build_report"):
+            with st.spinner("Writing the report…"):
+                if not rebuild_report(folder):
+                    return
+            st.rerun()
+
+
+def report_age(folder: RunFolder) -> None:
+    """When the report was built, and what changed since (if anything)."""
+    state = report_state(folder)
+    if state.built_at is None:
+        st.caption("No report has been built for this run yet.")
         return
-    if st.button("Build the report", icon=":material/description:", key="build_report"):
-        with st.spinner("Writing the report…"):
-            try:
-                build_report(folder, ws)
-            except Exception as exc:
-                error_box(f"The report could not be written: {exc}", exc)
-                return
-        st.rerun()
+    built = fmt_when(state.built_at.isoformat())
+    if state.changed:
+        st.caption(
+            f":material/warning: Report built {built}; {' and '.join(state.changed)} changed "
+            "since. Rebuild it to share the current numbers."
+        )
+    else:
+        st.caption(f"Report built {built}, up to date.")
 
 
 def evaluation_actions(run: RunRecord, folder: RunFolder) -> dict[str, Any]:
@@ -131,6 +160,8 @@ def evaluation_actions(run: RunRecord, folder: RunFolder) -> dict[str, Any]:
         with st.popover("Permalink", icon=":material/link:"):
             st.caption("Anyone on this server can open this run's evaluation with:")
             st.code(permalink(run), language="text")
+    if evaluation is not None:
+        report_age(folder)
     if evaluation is None and busy:
         st.info(
             "The model is being evaluated right after training; this page shows the results "
@@ -181,17 +212,47 @@ def evaluation_view(run: RunRecord, folder: RunFolder, evaluation: dict[str, Any
     )
 
 
-def metric_cards(view: EvalView) -> None:
+def honest_headline(view: EvalView, evaluation: dict[str, Any]) -> None:
+    """Which split the figures are on, whether it chose the model, and how far to trust it."""
+    honest = split_honesty(evaluation, view.split)
+    box = st.warning if honest.chose_model else st.info
+    box(esc(honest.text), icon=":material/balance:")
+    for warning in honest.warnings:
+        st.warning(esc(warning), icon=":material/warning:")
+
+
+def metric_cards(view: EvalView, evaluation: dict[str, Any]) -> None:
     head = headline_metrics(view.metrics)
+    honest = split_honesty(evaluation, view.split)
+    lo, hi = honest.interval
     cards = [
-        Metric("Accuracy", fmt_pct(head["accuracy"])),
+        Metric(
+            "Accuracy",
+            fmt_pct(head["accuracy"]),
+            help=f"On the {honest.title.lower()} split ({honest.n} images); {honest.label}.",
+        ),  # fmt: skip
+        Metric(
+            "95% interval",
+            f"{fmt_pct(lo)}–{fmt_pct(hi)}",
+            help="Wilson score interval of the accuracy: where the accuracy on new images "
+            "of this kind probably lies, given how few images were tested.",
+        ),  # fmt: skip
+        Metric(
+            "Majority baseline",
+            fmt_pct(honest.baseline),
+            help=f"Accuracy of always predicting the most frequent class "
+            f"('{honest.baseline_class}'); a useful model beats it.",
+        ),  # fmt: skip
         Metric(
             "Balanced accuracy",
             fmt_pct(head["balanced_accuracy"]),
             help="Mean recall over classes: not inflated by a large class.",
         ),  # fmt: skip
         Metric("Macro F1", fmt_pct(head["macro_f1"])),
-        Metric("Macro AUC", fmt_metric("macro_auc", head["macro_auc"])),
+        Metric(
+            "Macro AUC",
+            fmt_metric("macro_auc", head["macro_auc"]) if honest.auc_defined else "undefined",
+        ),  # fmt: skip
         Metric("Log loss", fmt_metric("log_loss", head["log_loss"])),
         Metric(
             "Calibration error",
@@ -201,7 +262,7 @@ def metric_cards(view: EvalView) -> None:
     ]
     for k, value in sorted((view.metrics.get("top_k") or {}).items()):
         cards.append(Metric(f"Top-{k.removeprefix('top')} accuracy", fmt_pct(value)))
-    metric_row(cards, per_row=3 if len(cards) in (5, 6) else 4)
+    metric_row(cards, per_row=3 if len(cards) in (5, 6, 9) else 4)
     preds = view.preds
     if preds and len({p["pred"] for p in preds}) == 1 and len(view.class_names) > 1:
         st.warning(
@@ -218,7 +279,8 @@ def main() -> tuple[RunRecord, RunFolder]:
     header(run)
     evaluation = evaluation_actions(run, folder)
     view = evaluation_view(run, folder, evaluation)
-    metric_cards(view)
+    honest_headline(view, evaluation)
+    metric_cards(view, evaluation)
     for tab, section in zip(st.tabs(TAB_TITLES), TABS, strict=True):
         with tab:
             section(view)
@@ -238,8 +300,14 @@ def export_section() -> None:
         with right, st.spinner(f"Exporting to {FORMAT_TITLES[fmt]} and checking it…"):
             try:
                 export_run(folder, fmt, workspace=ws)
+                exported = True
             except Exception as exc:  # RunError/ExportError explain themselves
                 error_box(f"The export failed: {exc}", exc)
+                exported = False
+        # The report lists every export's verification (failed ones too): rebuild it, and
+        # after a success redraw the page so the report's age above is current.
+        if folder.evaluation() is not None and rebuild_report(folder) and exported:
+            st.rerun()
     checks = {c.get("format"): c for c in read_export_checks(folder)}
     check = checks.get(fmt)
     zip_path = folder.paths.export_zip(fmt)
