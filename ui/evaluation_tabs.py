@@ -12,6 +12,7 @@ import streamlit as st
 
 from finetune_core.data.dataset import Dataset
 from finetune_core.evaluation.gradcam import METHOD_TITLES, method_title
+from finetune_core.evaluation.honesty import split_honesty
 from finetune_core.reporting import charts
 from finetune_core.reporting.compare import HEADLINE, config_diff, metrics_table
 from finetune_core.reporting.gallery import (
@@ -297,11 +298,19 @@ def comparison(view: EvalView, group: list[RunRecord]) -> None:
     st.plotly_chart(charts.run_comparison(histories, metric or "val_accuracy"),
                     key="compare_chart")  # fmt: skip
     evaluations = {label: f.evaluation() for label, f in folders.items()}
-    st.markdown(f"**Metrics on the {SPLIT_NAMES.get(view.split, view.split).lower()} split**")
+    honest = split_honesty({"splits": {view.split: view.metrics}}, view.split)
+    st.markdown(
+        f"**Metrics on the {SPLIT_NAMES.get(view.split, view.split).lower()} split** "
+        f"({esc(honest.label)})"
+    )
     rows = metrics_table(evaluations, view.split)
     for row, (key_name, _title) in zip(rows, HEADLINE, strict=True):
         for column in list(row)[1:]:
-            row[column] = fmt_metric(key_name, row[column])
+            value = row[column]
+            if key_name == "accuracy_interval":
+                row[column] = value or "–"
+            else:
+                row[column] = fmt_metric("accuracy" if key_name == "baseline" else key_name, value)
     st.dataframe(pd.DataFrame(rows).rename(columns={"metric": "Metric"}).set_index("Metric"),
                  width="stretch")  # fmt: skip
     diff = config_diff({label_of(r): r.config for r in group})

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from finetune_core.evaluation.honesty import split_honesty
+
 # Settings that identify rather than configure a run.
 _IGNORED = {"name", "notes"}
 
@@ -33,6 +35,8 @@ def _show(value: Any) -> str:
 
 HEADLINE = (
     ("accuracy", "Accuracy"),
+    ("accuracy_interval", "Accuracy, 95% interval"),
+    ("baseline", "Majority-class baseline"),
     ("balanced_accuracy", "Balanced accuracy"),
     ("macro_f1", "Macro F1"),
     ("macro_auc", "Macro AUC"),
@@ -42,11 +46,17 @@ HEADLINE = (
 )
 
 
-def headline_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float | None]:
-    """The numbers the metric cards and the comparison table show, from one split's metrics."""
+def headline_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The numbers the metric cards and the comparison table show, from one split's metrics
+    (the interval, "lo–hi" in percent, and the baseline from evaluation/honesty.py)."""
     m = metrics or {}
+    honest = split_honesty({"splits": {"split": m}}, "split") if m.get("per_class") else None
     return {
         "accuracy": m.get("accuracy"),
+        "accuracy_interval": (
+            f"{honest.interval[0]:.1%}–{honest.interval[1]:.1%}" if honest else None
+        ),
+        "baseline": honest.baseline if honest else None,
         "balanced_accuracy": m.get("balanced_accuracy"),
         "macro_f1": (m.get("macro") or {}).get("f1"),
         "macro_auc": m.get("macro_auc"),
