@@ -217,8 +217,8 @@ def honest_headline(view: EvalView, evaluation: dict[str, Any]) -> None:
     honest = split_honesty(evaluation, view.split)
     box = st.warning if honest.chose_model else st.info
     box(esc(honest.text), icon=":material/balance:")
-    for warning in honest.warnings:
-        st.warning(esc(warning), icon=":material/warning:")
+    if honest.warnings:
+        st.warning("\n".join(f"- {esc(w)}" for w in honest.warnings), icon=":material/warning:")
 
 
 def metric_cards(view: EvalView, evaluation: dict[str, Any]) -> None:
@@ -230,39 +230,42 @@ def metric_cards(view: EvalView, evaluation: dict[str, Any]) -> None:
             "Accuracy",
             fmt_pct(head["accuracy"]),
             help=f"On the {honest.title.lower()} split ({honest.n} images); {honest.label}.",
-        ),  # fmt: skip
+        ),
         Metric(
             "95% interval",
             f"{fmt_pct(lo)}–{fmt_pct(hi)}",
             help="Wilson score interval of the accuracy: where the accuracy on new images "
             "of this kind probably lies, given how few images were tested.",
-        ),  # fmt: skip
+        ),
         Metric(
             "Majority baseline",
             fmt_pct(honest.baseline),
             help=f"Accuracy of always predicting the most frequent class "
-            f"('{honest.baseline_class}'); a useful model beats it.",
-        ),  # fmt: skip
+            f"('{esc(honest.baseline_class)}'); a useful model beats it.",
+        ),
         Metric(
             "Balanced accuracy",
             fmt_pct(head["balanced_accuracy"]),
             help="Mean recall over classes: not inflated by a large class.",
-        ),  # fmt: skip
+        ),
         Metric("Macro F1", fmt_pct(head["macro_f1"])),
         Metric(
             "Macro AUC",
             fmt_metric("macro_auc", head["macro_auc"]) if honest.auc_defined else "undefined",
-        ),  # fmt: skip
+        ),
         Metric("Log loss", fmt_metric("log_loss", head["log_loss"])),
         Metric(
             "Calibration error",
             fmt_pct(head["ece"]),
             help="Expected calibration error: how far confidence is from accuracy.",
-        ),  # fmt: skip
+        ),
     ]
     for k, value in sorted((view.metrics.get("top_k") or {}).items()):
         cards.append(Metric(f"Top-{k.removeprefix('top')} accuracy", fmt_pct(value)))
-    metric_row(cards, per_row=3 if len(cards) in (5, 6, 9) else 4)
+    # The accuracy, its interval and its baseline on a row of their own (room for "a–b%").
+    metric_row(cards[:3], per_row=3)
+    rest = cards[3:]
+    metric_row(rest, per_row=3 if len(rest) in (5, 6) else 4)
     preds = view.preds
     if preds and len({p["pred"] for p in preds}) == 1 and len(view.class_names) > 1:
         st.warning(

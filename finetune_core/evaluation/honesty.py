@@ -75,6 +75,11 @@ class SplitHonesty:
     auc_defined: bool  # False: no class has both positives and negatives here (say "undefined")
 
     @property
+    def tag(self) -> str:
+        """The label in one word or two, for a card title: 'optimistic' or 'held out'."""
+        return "optimistic" if self.chose_model else "held out"
+
+    @property
     def interval_text(self) -> str:
         lo, hi = self.interval
         return f"95% CI {lo:.1%}–{hi:.1%}"

@@ -123,7 +123,7 @@ def _overview(d: ReportData, splits: list[str]) -> list[Card]:
 
 def accuracy_card(h: SplitHonesty, titled: bool = False) -> Card:
     """An accuracy with its split's label, 95% interval and majority-class baseline."""
-    title = f"{h.title} accuracy · {h.label}" if titled else f"Accuracy · {h.label}"
+    title = f"{h.title} accuracy ({h.tag})" if titled else f"Accuracy ({h.tag})"
     return Card(title, pct(h.accuracy), note=f"{h.interval_text} · {h.baseline_text}")
 
 

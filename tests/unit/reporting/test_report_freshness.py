@@ -79,7 +79,7 @@ def test_re_evaluation_shows_the_new_numbers(evaluated: dict[str, Any]) -> None:
     ws, run = evaluated["ws"], evaluated["run"]
     build_report(run, ws)
     html = run.paths.report.read_text(encoding="utf-8")
-    assert "Test accuracy" in html and f"Validation accuracy · {OPTIMISTIC}" in html
+    assert "Test accuracy (held out)" in html and "Validation accuracy (optimistic)" in html
 
     time.sleep(0.02)
     evaluation = evaluate_run(run, workspace=ws, cache_dir=ws.cache_dir, splits=("val",))
