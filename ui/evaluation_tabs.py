@@ -110,7 +110,7 @@ def cell_images(view: EvalView, i: int, j: int) -> None:
         if i != j and p_true is not None:
             caption += f" · p({true_name}) {p_true:.2f}"
         origin = view.origin(row["path"])
-        items.append(Thumb(view.image_file(row["path"]), f"{origin.text} · {caption}"))
+        items.append(Thumb(view.image_file(row["path"]), f"{caption} · {origin.text}"))
     thumbnail_grid(items, columns=6)
 
 
