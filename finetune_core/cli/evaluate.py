@@ -14,10 +14,12 @@ from typing import Any
 
 from finetune_core.data.images import IMAGE_EXTENSIONS
 from finetune_core.evaluation.evaluate import evaluate_run
+from finetune_core.evaluation.honesty import split_honesty, summary_lines
 from finetune_core.evaluation.predict import predict_stream
 from finetune_core.export import FORMATS, export_run, export_summary
 from finetune_core.models.loaded import load_run_model
-from finetune_core.reporting.report import build_report
+from finetune_core.reporting.compare import headline_metrics
+from finetune_core.reporting.report import build_report, refresh_report
 from finetune_core.runs import RunError, RunFolder, run_workspace
 from finetune_core.store import StoreError, Workspace, default_workspace_root
 
@@ -118,33 +120,32 @@ def run_eval(args: argparse.Namespace) -> int:
         report = build_report(run, workspace)
     except (RunError, StoreError) as exc:
         return _fail(exc)
-    rows = headline_metrics(result)
+    rows = {split: headline_metrics(m) for split, m in (result.get("splits") or {}).items()}
     if args.json:
+        honest = {split: split_honesty(result, split) for split in rows}
+        for split, row in rows.items():
+            row.update(
+                label=honest[split].label,
+                chose_model=honest[split].chose_model,
+                warnings=honest[split].warnings,
+            )
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'split':6} {'images':>6} {'accuracy':>9} {'bal. acc':>9} {'macro F1':>9} {'ECE':>7}")
+    print(
+        f"{'split':6} {'images':>6} {'accuracy':>9} {'95% interval':>13} {'baseline':>9} "
+        f"{'bal. acc':>9} {'macro F1':>9} {'ECE':>7}"
+    )
     for split, m in rows.items():
         print(
-            f"{split:6} {m['images']:>6} {_pct(m['accuracy']):>9} "
-            f"{_pct(m['balanced_accuracy']):>9} {_pct(m['macro_f1']):>9} {_pct(m['ece']):>7}"
+            f"{split:6} {m['n']:>6} {_pct(m['accuracy']):>9} {m['accuracy_interval'] or '-':>13} "
+            f"{_pct(m['baseline']):>9} {_pct(m['balanced_accuracy']):>9} "
+            f"{_pct(m['macro_f1']):>9} {_pct(m['ece']):>7}"
         )
+    for line in summary_lines(result):
+        print(line)
     print(f"eval: {run.paths.evaluation}")
     print(f"report: {report}")
     return 0
-
-
-def headline_metrics(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per split: images, accuracy, balanced accuracy, macro F1 and ECE."""
-    out = {}
-    for split, m in (result.get("splits") or {}).items():
-        out[split] = {
-            "images": m.get("n"),
-            "accuracy": m.get("accuracy"),
-            "balanced_accuracy": m.get("balanced_accuracy"),
-            "macro_f1": (m.get("macro") or {}).get("f1"),
-            "ece": (m.get("calibration") or {}).get("ece"),
-        }
-    return out
 
 
 def _pct(value: Any) -> str:
@@ -223,6 +224,8 @@ def run_export(args: argparse.Namespace) -> int:
     try:
         run, workspace = resolve_run(args)
         result = export_run(run, args.fmt, args.out, workspace=workspace)
+        if workspace is not None:  # the shared report shows every export's verification
+            refresh_report(run, workspace)
     except (RunError, StoreError) as exc:
         return _fail(exc)
     if args.json:

@@ -15,6 +15,7 @@ import torch
 
 from finetune_core.cli import main as cli
 from finetune_core.data import create_demo_dataset, open_rgb
+from finetune_core.evaluation.honesty import split_honesty
 from finetune_core.export import writers
 from finetune_core.models.loaded import load_run_model
 from finetune_core.runs import RunFolder
@@ -51,17 +52,28 @@ def test_eval_writes_eval_and_report_and_prints_headline_metrics(cli_run, capsys
     result = json.loads((run_dir / "eval.json").read_text())
     assert set(result["splits"]) == {"val", "test"}
     lines = out.splitlines()
-    assert lines[0].split() == ["split", "images", "accuracy", "bal.", "acc", "macro", "F1", "ECE"]
+    assert lines[0].split() == [
+        "split", "images", "accuracy", "95%", "interval", "baseline", "bal.", "acc", "macro",
+        "F1", "ECE",
+    ]  # fmt: skip
     for split, m in result["splits"].items():
+        honest = split_honesty(result, split)
+        lo, hi = honest.interval
         [row] = [line.split() for line in lines if line.startswith(split + " ")]
         assert row == [
             split,
             str(m["n"]),
             f"{m['accuracy']:.1%}",
+            f"{lo:.1%}–{hi:.1%}",
+            f"{honest.baseline:.1%}",
             f"{m['balanced_accuracy']:.1%}",
             f"{m['macro']['f1']:.1%}",
             f"{m['calibration']['ece']:.1%}",
         ]
+        assert honest.text in lines  # which split, whether it chose the model, baseline
+    assert (
+        split_honesty(result, "val").chose_model and not split_honesty(result, "test").chose_model
+    )
     assert f"report: {run_dir / 'report.html'}" in out
     html = (run_dir / "report.html").read_text(encoding="utf-8")
     assert "shapes" in html and str(cli_run["ws"].root) not in html
@@ -70,6 +82,8 @@ def test_eval_writes_eval_and_report_and_prints_headline_metrics(cli_run, capsys
     headline = json.loads(capsys.readouterr().out)
     assert headline["val"]["accuracy"] == result["splits"]["val"]["accuracy"]
     assert headline["test"]["macro_f1"] == result["splits"]["test"]["macro"]["f1"]
+    assert headline["val"]["chose_model"] is True and headline["test"]["chose_model"] is False
+    assert headline["val"]["label"] == split_honesty(result, "val").label
 
 
 def test_eval_by_run_id_in_the_workspace(cli_run, capsys) -> None:
@@ -167,8 +181,13 @@ def test_predictions_stream_one_batch_at_a_time(cli_run) -> None:
 
 def test_export_command_prints_where_and_the_check(cli_run, capsys) -> None:
     run_dir = cli_run["run_dir"]
+    assert cli.main(["eval", str(run_dir), "--quiet"]) == 0
+    assert "No exported models were verified" in (run_dir / "report.html").read_text("utf-8")
+    capsys.readouterr()
     assert cli.main(["export", str(run_dir), "--format", "checkpoint"]) == 0
     out = capsys.readouterr().out
+    report = (run_dir / "report.html").read_text("utf-8")  # rebuilt: it shows the export
+    assert "No exported models were verified" not in report and "checkpoint" in report
     assert f"checkpoint export: {run_dir / 'export' / 'checkpoint.zip'}" in out
     assert "Verified: the checkpoint (state_dict) export matches the PyTorch model" in out
     assert "16 images of the run's dataset" in out  # the dataset was found via run.json
