@@ -62,7 +62,8 @@ def model_caption(run: RunRecord, model: LoadedModel) -> None:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def activation_map(run_id: str, data: bytes, _model: LoadedModel) -> tuple[bytes, str]:
-    """Grad-CAM overlay PNG and note (cached per run and image; the model is not hashed)."""
+    """Activation-map overlay PNG and its note, which names the method (cached per run and
+    image; the model is not hashed)."""
     # The bytes, not a decoded image: the same preprocessing as the top-k, so the map
     # explains exactly the tensor that was classified.
     result = explain_image(_model, data)
@@ -214,7 +215,8 @@ def main() -> None:
     explain = st.toggle(
         "Show activation maps",
         key="predict_explain",
-        help="Grad-CAM: the regions of the image that drove the prediction.",
+        help="The regions of the image that drove the prediction: Grad-CAM, or input-gradient "
+        "saliency where Grad-CAM cannot run (each map's caption says which).",
     )
     tab_images, tab_camera, tab_batch = st.tabs(["Images", "Camera", "Folder or zip → CSV"])
     with tab_images:
