@@ -297,14 +297,15 @@ class Workspace:
         return _decode(DatasetRecord, row) if row else None
 
     def list_datasets(self) -> list[DatasetRecord]:
-        rows = self._conn().execute("SELECT * FROM datasets ORDER BY created_at DESC, id DESC")
+        rows = self._conn().execute("SELECT * FROM datasets ORDER BY created_at DESC, rowid DESC")
         return [_decode(DatasetRecord, r) for r in rows]
 
     def find_dataset_by_name(self, name: str) -> DatasetRecord | None:
         row = (
             self._conn()
             .execute(
-                "SELECT * FROM datasets WHERE name=? ORDER BY created_at DESC LIMIT 1", (name,)
+                "SELECT * FROM datasets WHERE name=? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                (name,),
             )
             .fetchone()
         )
@@ -392,7 +393,7 @@ class Workspace:
             statuses = (status,) if isinstance(status, str) else tuple(status)
             query += f" WHERE status IN ({', '.join('?' * len(statuses))})"
             params.extend(statuses)
-        query += " ORDER BY created_at DESC, id DESC"
+        query += " ORDER BY created_at DESC, rowid DESC"
         if limit:
             query += f" LIMIT {int(limit)}"
         return [_decode(RunRecord, r) for r in self._conn().execute(query, params)]

@@ -453,7 +453,10 @@ def main() -> None:
         error_box(str(exc), exc)
         st.stop()
     problems = form.check(config, source, weights, unavailable)
-    problems.show("model", "weights")
+    # A fixed slot: its messages come and go without shifting the sections below, which
+    # would draw the Advanced settings expander anew, closed, while the user works in it.
+    with st.container():
+        problems.show("model", "weights")
     training_section(problems)
     advanced_section(problems)
     preview_section(dataset, config)

@@ -29,6 +29,7 @@ from tests.helpers.e2e import (
     wait_idle,
     wait_text,
     watch_training,
+    widget,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -112,7 +113,7 @@ def test_newcomer_journey(app_server, page, shot, tmp_path: Path) -> None:
 
     # Setup: resnet18, the Quick preset; Recommended is there and changes the strategy.
     go_to(page, "Setup")
-    main(page).get_by_text("Advanced settings").click()
+    main(page).get_by_text("Advanced settings", exact=True).click()
     wait_idle(page)
     choose_segment(page, "Strategy preset", "Quick")
     assert selected_option(page, "Strategy") == PROBE
@@ -132,6 +133,9 @@ def test_newcomer_journey(app_server, page, shot, tmp_path: Path) -> None:
     # Small batches, augmented views and many (cheap) probe epochs: seconds of work on a
     # quiet machine, yet several 2 s refreshes of the live view land mid-run.
     set_number(page, "Batch size", 2)
+    # Advanced settings stayed open while the offline-weights message above went away.
+    views = widget(page, "stNumberInput", "Augmented views per image").locator("input")
+    assert views.is_visible()
     set_number(page, "Augmented views per image", 8)
     assert alerts(page, "Error") == []
     wait_text(page, f"× {EPOCHS} epochs")

@@ -50,7 +50,7 @@ def start_run(page, server: AppServer, dataset_id: str) -> str:
     select_option(page, "Architecture", MODEL)
     main(page).get_by_text("None (random initialisation)", exact=True).click()
     wait_idle(page)
-    main(page).get_by_text("Advanced settings").click()
+    main(page).get_by_text("Advanced settings", exact=True).click()
     wait_idle(page)
     early = main(page).get_by_role("checkbox", name="Early stopping")
     if early.is_checked():

@@ -262,6 +262,7 @@ def test_two_process_torchrun_matches_the_single_process_run(demo, tmp_path: Pat
         "metrics.jsonl",
         "progress.json",
         "run.json",
+        "run.log",
     ]
     ddp = metrics_rows(out)
     assert [r["epoch"] for r in ddp] == [1, 2, 3]
