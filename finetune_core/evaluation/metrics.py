@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from finetune_core.models.inference import log_loss
+
 MAX_CURVE_POINTS = 200  # per ROC or PR curve
 CURVE_POINT_BUDGET = 4000  # per curve kind over all classes (at least 50 per class)
 
@@ -108,13 +110,6 @@ def compute_metrics(
 
 
 # --------------------------------------------------------------------- pieces
-def log_loss(y: np.ndarray, probs: np.ndarray) -> float:
-    """Mean negative log-likelihood of the true class (probabilities clipped at eps)."""
-    eps = np.finfo(probs.dtype).eps
-    p_true = np.clip(probs[np.arange(len(y)), y], eps, 1 - eps)
-    return float(-np.log(p_true).mean())
-
-
 def calibration(y: np.ndarray, probs: np.ndarray, *, bins: int = 10) -> dict[str, Any]:
     """Expected calibration error over ``bins`` equal-width confidence bins.
 
