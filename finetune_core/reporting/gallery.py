@@ -13,14 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
+import torch
 from PIL import Image
 
 from finetune_core.data.augment import preview
-from finetune_core.data.cache import to_uint8_chw
 from finetune_core.data.dataset import Dataset
 from finetune_core.data.health import Finding
 from finetune_core.data.images import ImageReadError, open_rgb
 from finetune_core.data.manifest import ManifestRow
+from finetune_core.data.preprocess import preprocess_for_inference
 
 
 def thumbnail_bytes(path: str | Path, size: int = 160) -> bytes | None:
@@ -174,14 +176,12 @@ def preview_rows(dataset: Dataset, per_class: int = 1, limit: int = 4) -> list[M
 def augmentation_preview(
     paths: Sequence[Path], preset: str, image_size: int, views: int = 4, seed: int = 0
 ) -> list[list[Image.Image]]:
-    """For each image: the training-size original, then ``views`` augmented versions."""
-    import numpy as np
-    import torch
-
+    """For each image: the training-size original (the pixels training reads, from the
+    one preprocessing), then ``views`` augmented versions."""
     originals = []
     for path in paths:
         try:
-            originals.append(to_uint8_chw(open_rgb(path, reduce_to=image_size), image_size))
+            originals.append(preprocess_for_inference(path, image_size))
         except (ImageReadError, OSError):
             continue
     if not originals:
