@@ -72,6 +72,9 @@ class RunConfig:
     # 1, N or "all" visible GPUs; and machines. batch_size stays the global batch.
     devices: int | str = 1
     nodes: int = 1
+    # Warm start: a run id of the workspace (or a run folder) whose best weights
+    # initialise this run's model; '' = from `weights` as usual.
+    init_from: str = ""
 
     # ----------------------------------------------------------------- checks
     def problems(self) -> list[str]:

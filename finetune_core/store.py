@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Each entry upgrades the schema from version i to i+1. Never edit a released entry.
 MIGRATIONS: list[str] = [
@@ -70,6 +70,42 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE runs ADD COLUMN folder TEXT NOT NULL DEFAULT '';
     CREATE INDEX runs_folder ON runs(folder);
+    """,
+    # the queue (jobs/queue.py): leases, run processes, slots; lineage; accounts; audit log
+    """
+    ALTER TABLE runs ADD COLUMN queued_at REAL;
+    ALTER TABLE runs ADD COLUMN resume INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN stop_requested INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN lease_owner TEXT NOT NULL DEFAULT '';
+    ALTER TABLE runs ADD COLUMN lease_until REAL;
+    ALTER TABLE runs ADD COLUMN host TEXT NOT NULL DEFAULT '';
+    ALTER TABLE runs ADD COLUMN device TEXT NOT NULL DEFAULT '';
+    ALTER TABLE runs ADD COLUMN pid INTEGER;
+    ALTER TABLE runs ADD COLUMN pid_started TEXT NOT NULL DEFAULT '';
+    ALTER TABLE runs ADD COLUMN phase TEXT NOT NULL DEFAULT '';
+    ALTER TABLE runs ADD COLUMN parent_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE runs ADD COLUMN lineage TEXT NOT NULL DEFAULT '';
+    CREATE INDEX runs_queue ON runs(status, queued_at);
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL DEFAULT '',
+        is_admin INTEGER NOT NULL DEFAULT 0,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        created_by TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target_kind TEXT NOT NULL DEFAULT '',
+        target_id TEXT NOT NULL DEFAULT '',
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_target ON audit(target_id);
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)
     """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -171,6 +207,25 @@ class RunRecord:
     notes: str = ""
     train_seconds: float | None = None
     folder: str = ""  # absolute path of a CLI run's folder ('' = the workspace's runs/<id>)
+    # the queue (jobs/queue.py owns these): when queued, continue from the last
+    # checkpoint, resume by itself after an interruption, stop asked for; the lease of
+    # the process training it (owner token, expiry as time.time()), where and which
+    # process; phase: "" | "training" | "evaluating"
+    queued_at: float | None = None
+    resume: int = 0
+    auto_resume: int = 0
+    stop_requested: int = 0
+    lease_owner: str = ""
+    lease_until: float | None = None
+    host: str = ""
+    device: str = ""
+    pid: int | None = None
+    pid_started: str = ""
+    phase: str = ""
+    # lineage: the run this one continues or was warm-started from ("continue" | "warm-start"
+    # | "re-run")
+    parent_id: str = ""
+    lineage: str = ""
 
     @property
     def from_cli(self) -> bool:
@@ -233,6 +288,15 @@ class Workspace:
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
         return conn
+
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A short exclusive-write transaction (``BEGIN IMMEDIATE``) for modules that own
+        their own tables or columns (jobs.queue, auth.accounts, auth.audit)."""
+        return self._write()
+
+    def read(self) -> sqlite3.Connection:
+        """This thread's connection, for reads by those modules."""
+        return self._conn()
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -433,6 +497,8 @@ class Workspace:
         run = self.get_run(run_id)
         if run and run.status == RunStatus.RUNNING:
             raise StoreError("Stop the run before deleting it.")
+        if run and run.lease_owner:  # trained; its process still evaluates or reports it
+            raise StoreError("This run is still being evaluated; delete it when that ends.")
         folder = self.run_dir(run_id)
         with self._write() as conn:
             conn.execute("DELETE FROM runs WHERE id=?", (run_id,))
