@@ -348,7 +348,7 @@ def case_overhead(ctx: dict[str, Any], size: Size) -> dict[str, Any]:
 
 
 def _history_ips(ws: Workspace, run_id: str) -> float:
-    from finetune_core.jobs.manager import read_history
+    from finetune_core.jobs.records import read_history
 
     return read_history(ws, run_id)[-1]["images_per_second"]
 

@@ -16,7 +16,8 @@ from finetune_core.config import (
 from finetune_core.data import DatasetNotFound, load_dataset
 from finetune_core.data.dataset import Dataset
 from finetune_core.device import DeviceInfo, device_info
-from finetune_core.jobs.manager import JobError, cli_command
+from finetune_core.jobs.manager import JobError
+from finetune_core.jobs.records import cli_command
 from finetune_core.models.classifier import WeightsError, estimate_train_seconds_per_image
 from finetune_core.models.weights import download_imagenet_weights
 from finetune_core.presets import PRESETS, PRESETS_BY_KEY

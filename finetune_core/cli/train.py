@@ -24,7 +24,7 @@ from finetune_core.data import (
 )
 from finetune_core.data.split import HOLDOUT_DEFAULT
 from finetune_core.jobs import launcher
-from finetune_core.jobs.manager import StoreEpochs, record_result, write_run_info
+from finetune_core.jobs.records import StoreEpochs, record_result, write_run_info
 from finetune_core.models.classifier import WeightsError, list_architectures
 from finetune_core.runs import RunPaths
 from finetune_core.store import RunStatus, StoreError, Workspace, utc_now

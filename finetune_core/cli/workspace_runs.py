@@ -5,26 +5,16 @@ runs like any other (their creator is ``cli:<os user>``)."""
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from finetune_core import runs
+from finetune_core.cli.common import cli_creator, open_workspace
+from finetune_core.cli.run_queue import register_run_commands
 from finetune_core.config import RunConfig
 from finetune_core.runs import RunPaths
-from finetune_core.store import (
-    CLI_CREATOR_PREFIX,
-    RunRecord,
-    RunStatus,
-    Workspace,
-    default_workspace_root,
-    is_workspace,
-    new_id,
-    utc_now,
-)
+from finetune_core.store import RunRecord, RunStatus, Workspace, new_id, utc_now
 
 EXIT_NO_WORKSPACE = 1
 COLUMNS = ("id", "name", "status", "dataset", "model", "strategy", "val_accuracy", "folder")
@@ -44,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     # also accepted after the subcommand; SUPPRESS keeps a global --workspace when absent
     p.add_argument("--workspace", default=argparse.SUPPRESS, help="workspace folder")
     p.set_defaults(handler=cmd_list)
+    register_run_commands(commands)
 
 
 def run_rows(workspace: Workspace) -> list[dict[str, Any]]:
@@ -75,16 +66,10 @@ def run_rows(workspace: Workspace) -> list[dict[str, Any]]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    root = Path(args.workspace).expanduser().resolve() if args.workspace else None
-    root = root or default_workspace_root()
-    if not is_workspace(root):
-        print(
-            f"error: there is no workspace at {root}; pass --workspace, or set "
-            "FINETUNE_WORKSPACE to the folder the dashboard uses.",
-            file=sys.stderr,
-        )
+    workspace = open_workspace(args.workspace)
+    if workspace is None:
         return EXIT_NO_WORKSPACE
-    rows = run_rows(Workspace(root))
+    rows = run_rows(workspace)
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
@@ -103,15 +88,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------- the train command's row
-def cli_creator() -> str:
-    """``cli:<os user>``: who trained a run from the command line."""
-    try:
-        name = getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER (some containers)
-        name = os.environ.get("USER") or f"uid{os.getuid()}"
-    return CLI_CREATOR_PREFIX + name
-
-
 def start_cli_run(
     workspace: Workspace, out: Path, config: RunConfig, *, resume: bool = False
 ) -> str | None:

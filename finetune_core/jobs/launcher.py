@@ -27,6 +27,7 @@ import torch
 from finetune_core import runs
 from finetune_core.config import RunConfig
 from finetune_core.fsutil import read_json
+from finetune_core.jobs.procs import descendants, start_time
 from finetune_core.runs import RunPaths
 from finetune_core.training.ddp import die_with_parent, stop_on_signals
 from finetune_core.training.progress import (
@@ -187,42 +188,6 @@ def torchrun_command(
     return cmd
 
 
-def _proc_children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    return children
-
-
-def _start_time(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:
-        return None
-    return stat[stat.rindex(b")") + 2 :].split()[19].decode()
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (Linux /proc; empty elsewhere)."""
-    if not os.path.isdir("/proc"):
-        return []
-    tree, out, todo = _proc_children(), [], [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 @dataclass
 class Launch:
     """A running torchrun subprocess and the processes it started."""
@@ -252,7 +217,7 @@ class Launch:
         self._tracked_at = now
         for pid in descendants(self.proc.pid):
             if pid not in self._known:
-                started = _start_time(pid)
+                started = start_time(pid)
                 if started is not None:
                     self._known[pid] = started
 
@@ -275,11 +240,11 @@ class Launch:
                 self.proc.kill()
                 self.proc.wait()
         for pid, started in self._known.items():
-            if _start_time(pid) == started:
+            if start_time(pid) == started:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + timeout
-        while any(_start_time(p) == s for p, s in self._known.items()):
+        while any(start_time(p) == s for p, s in self._known.items()):
             if time.monotonic() > deadline:
                 break
             time.sleep(0.05)

@@ -28,7 +28,8 @@ import torch
 from finetune_core.config import RunConfig
 from finetune_core.data import create_demo_dataset
 from finetune_core.fsutil import read_json
-from finetune_core.jobs.manager import JobManager, read_history
+from finetune_core.jobs.manager import JobManager
+from finetune_core.jobs.records import read_history
 from finetune_core.models import classifier as models
 from finetune_core.models.checkpoint import load_checkpoint, save_checkpoint
 from finetune_core.store import RunRecord, RunStatus, StoreError, Workspace

@@ -29,7 +29,8 @@ import pytest
 
 from finetune_core.config import RunConfig
 from finetune_core.data import create_demo_dataset
-from finetune_core.jobs.manager import JobManager, read_history
+from finetune_core.jobs.manager import JobManager
+from finetune_core.jobs.records import read_history
 from finetune_core.store import RunStatus, Workspace
 from tests.helpers.processes import (
     CHROMIUM,

@@ -16,7 +16,7 @@ import torchvision
 import finetune_core
 from finetune_core.config import RunConfig
 from finetune_core.data import create_demo_dataset
-from finetune_core.jobs.manager import cli_command, write_run_info
+from finetune_core.jobs.records import cli_command, write_run_info
 from finetune_core.runs import RunPaths, read_info
 from finetune_core.store import Workspace
 from finetune_core.training import setup

@@ -82,8 +82,10 @@ def test_run_update_transition_and_interrupt(workspace: Workspace) -> None:
     assert got.config == {"lr": 0.2}
     with pytest.raises(StoreError, match="Stop the run"):
         workspace.delete_run(run.id)
-    assert workspace.mark_running_interrupted() == [run.id]
-    assert workspace.get_run(run.id).status == RunStatus.INTERRUPTED
+    workspace.update_run(run.id, status=RunStatus.SUCCEEDED, lease_owner="host:evaluating")
+    with pytest.raises(StoreError, match="still being evaluated"):
+        workspace.delete_run(run.id)  # its process still evaluates it
+    assert workspace.get_run(run.id) is not None
     with pytest.raises(StoreError, match="Unknown run fields"):
         workspace.update_run(run.id, bogus=1)
 

@@ -39,14 +39,6 @@ def test_a_cli_run_lives_in_its_own_folder(workspace: Workspace, tmp_path: Path)
     assert not (workspace.runs_dir / APP_RUN).exists()
 
 
-def test_a_server_restart_leaves_runs_the_cli_is_training_alone(workspace: Workspace) -> None:
-    workspace.add_run(RunRecord(id=CLI_RUN, creator="cli:bob", status=RunStatus.RUNNING))
-    workspace.add_run(RunRecord(id=APP_RUN, creator="alice", status=RunStatus.RUNNING))
-    assert workspace.mark_running_interrupted() == [APP_RUN]
-    assert workspace.get_run(CLI_RUN).status == RunStatus.RUNNING  # type: ignore[union-attr]
-    assert workspace.get_run(APP_RUN).status == RunStatus.INTERRUPTED  # type: ignore[union-attr]
-
-
 def test_migration_from_version_2_adds_the_folder(tmp_path: Path) -> None:
     db = tmp_path / "ws" / "workspace.db"
     db.parent.mkdir(parents=True)
@@ -59,7 +51,7 @@ def test_migration_from_version_2_adds_the_folder(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     ws = Workspace(tmp_path / "ws")
-    assert ws.schema_version() == SCHEMA_VERSION == 3
+    assert ws.schema_version() == SCHEMA_VERSION >= 3
     assert ws.get_run(APP_RUN).folder == ""  # type: ignore[union-attr]
     assert ws.run_dir(APP_RUN) == ws.runs_dir / APP_RUN
 

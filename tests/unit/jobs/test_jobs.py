@@ -12,7 +12,8 @@ import torchvision
 
 from finetune_core.config import RunConfig
 from finetune_core.data import create_demo_dataset
-from finetune_core.jobs.manager import JobError, JobManager, cli_command
+from finetune_core.jobs.manager import JobError, JobManager
+from finetune_core.jobs.records import cli_command
 from finetune_core.runs import RunPaths
 from finetune_core.store import RunStatus, Workspace
 from finetune_core.training import setup
@@ -44,7 +45,8 @@ def quick(dataset_id: str, **changes: Any) -> RunConfig:
 def test_submit_runs_to_success_and_records_everything(demo_ws) -> None:
     ws, ds = demo_ws
     hooks: list[str] = []
-    manager = JobManager(ws, post_run=[lambda w, rid: hooks.append(rid)])
+    # a thread runs it here, so the test's own hook can see it (the run-process path: test_queue)
+    manager = JobManager(ws, post_run=[lambda w, rid: hooks.append(rid)], isolation="thread")
     try:
         run_id = manager.submit(quick(ds.name), creator="alice")
         assert manager.wait(run_id, timeout=120) == RunStatus.SUCCEEDED
@@ -97,7 +99,7 @@ def test_a_failing_run_is_failed_with_reason_and_the_next_one_starts(demo_ws, mo
         return original(trainer)
 
     monkeypatch.setattr(setup, "load_data", exploding)
-    manager = JobManager(ws)
+    manager = JobManager(ws, isolation="thread")  # the injected fault lives in this process
     try:
         bad = manager.submit(quick(ds.id, name="boom"))
         good = manager.submit(quick(ds.id))
@@ -138,17 +140,20 @@ def test_stop_running_keeps_best_and_resume_finishes(demo_ws) -> None:
         manager.shutdown()
 
 
-def test_restart_marks_running_runs_interrupted(demo_ws) -> None:
+def test_a_new_server_interrupts_leaseless_leftovers_and_keeps_the_queue(demo_ws) -> None:
+    """A RUNNING row without a lease was left by a server of a version without leases: it
+    becomes INTERRUPTED. A queued run stays queued: the queue belongs to the workspace."""
     ws, ds = demo_ws
     from finetune_core.store import RunRecord
 
     ws.add_run(RunRecord(id="r-dead", status=RunStatus.RUNNING, config=quick(ds.id).to_dict()))
     ws.add_run(RunRecord(id="r-waiting", status=RunStatus.QUEUED, config=quick(ds.id).to_dict()))
     manager = JobManager(ws, start=False)
-    assert manager.interrupted == ["r-dead"]
+    manager.scheduler.tick(claim=False)
     assert ws.get_run("r-dead").status == RunStatus.INTERRUPTED
     assert "resume" in ws.get_run("r-dead").error
-    assert ws.get_run("r-waiting").status == RunStatus.INTERRUPTED
+    assert ws.get_run("r-waiting").status == RunStatus.QUEUED
+    assert manager.queue_positions() == {"r-waiting": 1}
 
 
 def test_bad_requests_are_explained(demo_ws) -> None:

@@ -1,0 +1,38 @@
+"""What several CLI commands share: opening the workspace a command names, and who the
+command-line user is."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from pathlib import Path
+
+from finetune_core.store import CLI_CREATOR_PREFIX, Workspace, default_workspace_root, is_workspace
+
+
+def workspace_root(arg: str | None) -> Path:
+    return Path(arg).expanduser().resolve() if arg else default_workspace_root()
+
+
+def open_workspace(arg: str | None) -> Workspace | None:
+    """The existing workspace ``arg`` (or the default) names; None, with the message
+    printed, when there is none (commands that read never create one)."""
+    root = workspace_root(arg)
+    if not is_workspace(root):
+        print(
+            f"error: there is no workspace at {root}; pass --workspace, or set "
+            "FINETUNE_WORKSPACE to the folder the dashboard uses.",
+            file=sys.stderr,
+        )
+        return None
+    return Workspace(root)
+
+
+def cli_creator() -> str:
+    """``cli:<os user>``: who trained a run from the command line."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER (some containers)
+        name = os.environ.get("USER") or f"uid{os.getuid()}"
+    return CLI_CREATOR_PREFIX + name
