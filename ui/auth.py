@@ -1,11 +1,13 @@
 """Sign-in before any page renders, and who is signed in.
 
 ``app.py`` calls :func:`require_login` before ``st.navigation(...).run()``; pages call
-:func:`current_user`. The rules themselves live in ``finetune_core.auth.access``.
+:func:`current_user`. The rules themselves live in ``finetune_core.auth`` (``access``:
+modes and permissions, ``accounts``: per-user passwords, ``proxy``: the trusted header).
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 import re
 import threading
@@ -16,7 +18,7 @@ from typing import Any
 import streamlit as st
 from streamlit.errors import StreamlitAuthError
 
-from finetune_core.auth import session_token
+from finetune_core.auth import accounts, session_token
 from finetune_core.auth.access import (
     AccessConfigError,
     AccessSettings,
@@ -24,13 +26,18 @@ from finetune_core.auth.access import (
     check_password,
     load_access_settings,
     make_user,
+    with_accounts,
 )
+from finetune_core.auth.accounts import Account, AccountError, SignInError
+from finetune_core.auth.proxy import UVICORN_DEFAULT_FORWARDED, ProxyDecision, trusted_identity
+from finetune_core.store import Workspace
 from ui.settings import workspace_root
 
 FAILED_DELAY_S = 1.0  # wait after a wrong password, times the session's failures so far
 MAX_DELAY_S = 8.0
 NAME_KEY = "user_name"  # open mode: the name typed in the sidebar
-_SIGNED_IN_KEY = "auth_user"  # password mode: the name given with the right password
+_SIGNED_IN_KEY = "auth_user"  # password mode: the account signed in
+_MATERIAL_KEY = "auth_material"  # ... and its session material when it signed in
 _FAILURES_KEY = "auth_failures"
 _COOKIE_TO_SET = "auth_cookie_to_set"  # a fresh token the browser has not stored yet
 _SIGNED_OUT = "auth_signed_out"  # this tab signed out: ignore (and clear) its cookie
@@ -38,9 +45,23 @@ _SIGNED_OUT = "auth_signed_out"  # this tab signed out: ignore (and clear) its c
 _FAILURE_LOCK = threading.Lock()
 
 
+@st.cache_resource(show_spinner=False)
+def _open_accounts_workspace(root: str) -> Workspace:
+    return Workspace(root)
+
+
+def _workspace() -> Workspace:
+    # ui.services imports this module, so the accounts keep their own handle on the workspace.
+    return _open_accounts_workspace(str(workspace_root()))
+
+
 def access_settings() -> AccessSettings:
-    """The server's access settings: environment, then ``.streamlit/secrets.toml``."""
-    return load_access_settings(_secrets(), os.environ)
+    """The server's access settings: environment, then ``.streamlit/secrets.toml``; an
+    otherwise open server asks for sign-in once the workspace has accounts."""
+    settings = load_access_settings(_secrets(), os.environ)
+    if settings.auth_mode == "open":
+        settings = with_accounts(settings, accounts.has_accounts(_workspace()))
+    return settings
 
 
 def _secrets() -> Mapping[str, Any] | None:
@@ -58,9 +79,12 @@ def current_user() -> User:
     settings = access_settings()
     if settings.auth_mode == "oidc":
         return _oidc_user(settings) if st.user.get("is_logged_in") else User("")
+    if settings.auth_mode == "proxy":
+        decision = _proxy_decision(settings)
+        return make_user(settings, decision.identity) if decision.identity else User("")
     if settings.auth_mode == "password":
-        _restore_from_cookie(settings)
-        return make_user(settings, str(st.session_state.get(_SIGNED_IN_KEY, "")))
+        account = _session_account()
+        return account.user() if account else User("")
     return make_user(settings, str(st.session_state.get(NAME_KEY, "")))
 
 
@@ -85,6 +109,8 @@ def require_login() -> User:
         st.stop()
     if settings.auth_mode == "oidc":
         return _oidc_login(settings)
+    if settings.auth_mode == "proxy":
+        return _proxy_login(settings)
     if settings.auth_mode == "password":
         return _password_login(settings)
     return current_user()
@@ -108,14 +134,19 @@ def sidebar_user_box(user: User) -> None:
             st.text(f"Signed in as {shown}")
             if user.is_admin:
                 st.badge("admin", color="violet")
+        if settings.auth_mode == "proxy":
+            st.caption("Signed in through the organisation's sign-in proxy.")
+            return
         token = st.session_state.pop(_COOKIE_TO_SET, None)
         if token:
             _store_cookie(token, session_token.DEFAULT_LIFETIME_S)
+        if settings.auth_mode == "password":
+            _change_password_box(user)
         if st.button("Sign out", icon=":material/logout:", key="auth_sign_out"):
             if settings.auth_mode == "oidc":
                 st.logout()
             else:
-                st.session_state.pop(_SIGNED_IN_KEY, None)
+                _forget_session()
                 st.session_state[_SIGNED_OUT] = True
                 st.rerun()
 
@@ -149,59 +180,182 @@ def _oidc_login(settings: AccessSettings) -> User:
     st.stop()
 
 
-# ----------------------------------------------------------------------------- password
-def _password_login(settings: AccessSettings) -> User:
+# ----------------------------------------------------------------------------- proxy
+def _proxy_decision(settings: AccessSettings) -> ProxyDecision:
+    return trusted_identity(
+        st.context.headers,
+        st.context.ip_address,
+        header=settings.trusted_header,
+        proxies=settings.trusted_proxies,
+        # uvicorn (Streamlit's server) reads this variable to decide whose X-Forwarded-For
+        # replaces the peer address; proxy.trusted_identity needs to know.
+        forwarded_allow=os.environ.get("FORWARDED_ALLOW_IPS", UVICORN_DEFAULT_FORWARDED),
+    )
+
+
+def _proxy_login(settings: AccessSettings) -> User:
+    decision = _proxy_decision(settings)
+    if decision.identity:
+        return make_user(settings, decision.identity)
+    st.title("Finetune Dashboard")
+    st.error(f"Not signed in. {decision.reason}")
+    st.stop()
+
+
+# ----------------------------------------------------------------------------- accounts
+def _session_account() -> Account | None:
+    """This session's account, after a cookie restore; None (and the session forgotten)
+    once the account is gone, disabled, or its password changed since it signed in."""
+    _restore_from_cookie()
     name = str(st.session_state.get(_SIGNED_IN_KEY, ""))
-    if name:
-        return make_user(settings, name)
+    if not name:
+        return None
+    account = accounts.get_account(_workspace(), name)
+    material = str(st.session_state.get(_MATERIAL_KEY, ""))
+    if (
+        account is None
+        or account.disabled
+        or not hmac.compare_digest(accounts.session_material(account), material)
+    ):
+        _forget_session()
+        return None
+    return account
+
+
+def _sign_in(account: Account) -> None:
+    material = accounts.session_material(account)
+    st.session_state[_SIGNED_IN_KEY] = account.name
+    st.session_state[_MATERIAL_KEY] = material
+    st.session_state.pop(_FAILURES_KEY, None)
+    st.session_state.pop(_SIGNED_OUT, None)
+    st.session_state[_COOKIE_TO_SET] = session_token.issue_token(account.name, _secret(), material)
+
+
+def _forget_session() -> None:
+    st.session_state.pop(_SIGNED_IN_KEY, None)
+    st.session_state.pop(_MATERIAL_KEY, None)
+
+
+def _failed_attempt() -> None:
+    failures = int(st.session_state.get(_FAILURES_KEY, 0)) + 1
+    st.session_state[_FAILURES_KEY] = failures
+    with _FAILURE_LOCK:
+        time.sleep(min(FAILED_DELAY_S * failures, MAX_DELAY_S))
+
+
+def _password_login(settings: AccessSettings) -> User:
+    account = _session_account()
+    if account is not None:
+        return account.user()
     if st.session_state.get(_SIGNED_OUT):
         _store_cookie("", 0)  # forget this browser's stay-signed-in cookie
     st.title("Finetune Dashboard")
+    workspace = _workspace()
+    if not accounts.has_accounts(workspace):
+        _first_admin_form(settings, workspace)
+        st.stop()
     with st.form("finetune_login", clear_on_submit=True):
-        typed_name = st.text_input("Your name", max_chars=60, placeholder="shown on your runs")
-        typed_password = st.text_input("Access password", type="password")
+        typed_name = st.text_input("Your name", max_chars=200, placeholder="your account name")
+        typed_password = st.text_input("Password", type="password")
         submitted = st.form_submit_button("Sign in", type="primary")
     if submitted:
-        if not typed_name.strip():
-            st.error("Type your name: it is recorded on the datasets and runs you create.")
-        elif check_password(settings, typed_password):
-            name = " ".join(typed_name.split())
-            st.session_state[_SIGNED_IN_KEY] = name
-            st.session_state.pop(_FAILURES_KEY, None)
-            st.session_state.pop(_SIGNED_OUT, None)
-            st.session_state[_COOKIE_TO_SET] = session_token.issue_token(
-                name, _secret(), _password_material(settings)
-            )
-            st.rerun()
+        try:
+            account = accounts.authenticate(workspace, typed_name, typed_password)
+        except SignInError as exc:
+            _failed_attempt()
+            st.error(str(exc))
         else:
-            failures = int(st.session_state.get(_FAILURES_KEY, 0)) + 1
-            st.session_state[_FAILURES_KEY] = failures
-            with _FAILURE_LOCK:
-                time.sleep(min(FAILED_DELAY_S * failures, MAX_DELAY_S))
-            st.error("Wrong password. Ask whoever runs this server for the team's password.")
+            _sign_in(account)
+            st.rerun()
+    st.caption("No account yet? Ask an admin of this server to create one.")
     st.stop()
+
+
+def _first_admin_form(settings: AccessSettings, workspace: Workspace) -> None:
+    """The first admin account, for whoever knows the server's setup password (the old
+    shared password): it proves the person set the server up, and works only once."""
+    st.info(
+        "No account exists yet. Create the first admin account with the server's setup "
+        "password (FINETUNE_PASSWORD), or on the server run: "
+        "`python -m finetune_core users add NAME --admin`",
+        icon=":material/person_add:",
+    )
+    with st.form("finetune_first_admin", clear_on_submit=True):
+        name = st.text_input("Admin name", max_chars=200)
+        password = st.text_input("New password", type="password")
+        repeat = st.text_input("Repeat the new password", type="password")
+        setup = st.text_input("Setup password", type="password")
+        submitted = st.form_submit_button("Create the admin account", type="primary")
+    if not submitted:
+        return
+    if not check_password(settings, setup):
+        _failed_attempt()
+        st.error("Wrong setup password. It is the server's FINETUNE_PASSWORD.")
+    elif password != repeat:
+        st.error("The two new passwords differ; type them again.")
+    else:
+        try:
+            account = accounts.bootstrap_admin(workspace, name, password)
+        except AccountError as exc:
+            st.error(str(exc))
+        else:
+            _sign_in(account)
+            st.rerun()
+
+
+def _change_password_box(user: User) -> None:
+    with (
+        st.popover("Change password", icon=":material/key:"),
+        st.form("auth_change_password", clear_on_submit=True),
+    ):
+        current = st.text_input("Current password", type="password")
+        new = st.text_input("New password", type="password")
+        repeat = st.text_input("Repeat the new password", type="password")
+        if not st.form_submit_button("Change password"):
+            return
+        workspace = _workspace()
+        try:
+            accounts.authenticate(workspace, user.name, current)
+        except SignInError:
+            _failed_attempt()
+            st.error("The current password is wrong.")
+            return
+        if new != repeat:
+            st.error("The two new passwords differ; type them again.")
+            return
+        try:
+            accounts.set_password(workspace, user, user.name, new)
+        except AccountError as exc:
+            st.error(str(exc))
+            return
+        account = accounts.get_account(workspace, user.name)
+        if account is not None:
+            _sign_in(account)  # this session stays; every other one of this account ends
+            _store_cookie(st.session_state.pop(_COOKIE_TO_SET), session_token.DEFAULT_LIFETIME_S)
+        st.success("Password changed. Other browsers signed in as you are signed out.")
 
 
 # ------------------------------------------------------------------ stay signed in
 def _secret() -> bytes:
-
     return session_token.server_secret(workspace_root())
 
 
-def _password_material(settings: AccessSettings) -> str:
-    return f"{settings.password}\0{settings.password_sha256}"
-
-
-def _restore_from_cookie(settings: AccessSettings) -> None:
-    """Sign this session in from the browser's cookie (a reload, a new tab), if valid."""
+def _restore_from_cookie() -> None:
+    """Sign this session in from the browser's cookie (a reload, a new tab), if valid: the
+    account exists, is enabled and its password has not changed since the cookie."""
     if st.session_state.get(_SIGNED_IN_KEY) or st.session_state.get(_SIGNED_OUT):
         return
     token = st.context.cookies.get(session_token.COOKIE_NAME)
-    if not token:
+    claimed = session_token.claimed_name(token)
+    if not claimed:
         return
-    name = session_token.verify_token(token, _secret(), _password_material(settings))
-    if name:
-        st.session_state[_SIGNED_IN_KEY] = name
+    account = accounts.get_account(_workspace(), claimed)
+    if account is None or account.disabled:
+        return
+    material = accounts.session_material(account)
+    if session_token.verify_token(token, _secret(), material) == account.name:
+        st.session_state[_SIGNED_IN_KEY] = account.name
+        st.session_state[_MATERIAL_KEY] = material
 
 
 def _store_cookie(token: str, max_age_s: int) -> None:

@@ -1,16 +1,18 @@
 """Who may do what: access settings, users, permission checks and guarded actions.
 
-Three sign-in modes, chosen by the server's configuration:
+Four sign-in modes, chosen by the server's configuration:
 
 - ``oidc``: an ``[auth]`` section in ``.streamlit/secrets.toml`` (Streamlit's ``st.login``);
-  the identity is the provider's e-mail address.
-- ``password``: a shared access password (``[access] password`` / ``password_sha256`` in
-  secrets, or ``FINETUNE_PASSWORD`` / ``FINETUNE_PASSWORD_SHA256`` in the environment);
-  each person types a name with it. Names are self-declared, so admin rights in this
-  mode are only as strong as the team's honesty; use OIDC for real per-person rights.
-- ``open``: neither is configured. There is no access control: everybody counts as an
-  admin (can stop, delete and rename anything and sees full server paths). For
-  localhost or a trusted network only.
+  the identity is the provider's e-mail address; admins from ``FINETUNE_ADMINS``.
+- ``proxy``: ``FINETUNE_TRUSTED_HEADER`` (e.g. ``X-Forwarded-Email``) names a header an
+  authenticating reverse proxy sets, believed only from ``FINETUNE_TRUSTED_PROXIES``
+  (see ``auth.proxy``); admins from ``FINETUNE_ADMINS``.
+- ``password``: per-user accounts in the workspace (``auth.accounts``): a name and that
+  account's own password; admin rights come from the account. The old shared password
+  (``FINETUNE_PASSWORD`` / ``password_sha256``) no longer signs anybody in: it only lets
+  the first admin account be created from the browser while the workspace has none.
+- ``open``: none of these and no account. No access control: everybody counts as an
+  admin. For localhost or a trusted network only.
 
 Everything here is pure Python (no Streamlit); ``ui/auth.py`` puts a face on it.
 """
@@ -23,14 +25,19 @@ import ntpath
 import os
 import posixpath
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+from finetune_core.auth import audit
+from finetune_core.auth.proxy import Network, ProxyConfigError, parse_proxies
+from finetune_core.runs import RunPaths
 from finetune_core.store import DatasetRecord, RunRecord, StoreError, Workspace
 
-AuthMode = Literal["oidc", "password", "open"]
+AuthMode = Literal["oidc", "proxy", "password", "open"]
+T = TypeVar("T")
 ANONYMOUS = "anonymous"
 
 _TRUE = ("1", "true", "yes", "on")
@@ -54,12 +61,16 @@ class AccessSettings:
     allow_server_paths: bool = False
     allow_custom_backbones: bool = False
     auth_mode: AuthMode = "open"
+    trusted_header: str = ""
+    trusted_proxies: tuple[Network, ...] = ()
     # Secrets stay out of repr() so they never end up in a log or an error page.
     password: str = field(default="", repr=False)
     password_sha256: str = field(default="", repr=False)
 
     def is_admin(self, name: str) -> bool:
-        return bool(name.strip()) and _norm(name) in self.admins
+        """Whether a *verified* identity (OIDC, proxy) is listed in ``admins``; password
+        mode takes admin rights from the account instead."""
+        return bool(name.strip()) and identity_key(name) in self.admins
 
 
 @dataclass(frozen=True)
@@ -78,9 +89,11 @@ def load_access_settings(
 
     Environment: ``FINETUNE_ADMINS`` ("a@x.com,b@y.com"), ``FINETUNE_ALLOW_SERVER_PATHS``,
     ``FINETUNE_ALLOW_CUSTOM_BACKBONES`` (1/0), ``FINETUNE_PASSWORD``,
-    ``FINETUNE_PASSWORD_SHA256``. Secrets: an ``[auth]`` section turns on OIDC; an
+    ``FINETUNE_PASSWORD_SHA256``, ``FINETUNE_TRUSTED_HEADER``, ``FINETUNE_TRUSTED_PROXIES``.
+    Secrets: an ``[auth]`` section turns on OIDC; an
     ``[access]`` section may hold ``admins = [...]``, ``allow_server_paths``,
-    ``allow_custom_backbones``, ``password`` and ``password_sha256``. Raises
+    ``allow_custom_backbones``, ``password``, ``password_sha256``, ``trusted_header`` and
+    ``trusted_proxies``. Raises
     AccessConfigError for a value that cannot be understood (the app then refuses to
     open rather than run with less protection than intended).
     """
@@ -114,8 +127,11 @@ def load_access_settings(
     auth = secrets.get("auth")
     if auth is not None and not isinstance(auth, Mapping):
         raise AccessConfigError("secrets.toml: [auth] must be a table (an [auth] section).")
+    header, proxies = _proxy_settings(value)
     if auth:
         mode: AuthMode = "oidc"
+    elif header:
+        mode = "proxy"
     elif password or digest:
         mode = "password"
     else:
@@ -125,9 +141,32 @@ def load_access_settings(
         allow_server_paths=server_paths,
         allow_custom_backbones=backbones,
         auth_mode=mode,
+        trusted_header=header,
+        trusted_proxies=proxies,
         password=password,
         password_sha256=digest.lower(),
     )
+
+
+def _proxy_settings(value: Callable[[tuple[str, ...], str], tuple[Any, str]]) -> tuple[str, Any]:
+    """The trusted header's name and the proxies it is believed from."""
+    header = str(value(("FINETUNE_TRUSTED_HEADER",), "trusted_header")[0] or "").strip()
+    raw_proxies, proxies_where = value(("FINETUNE_TRUSTED_PROXIES",), "trusted_proxies")
+    try:
+        proxies = parse_proxies(raw_proxies or "", proxies_where)
+    except ProxyConfigError as exc:
+        raise AccessConfigError(str(exc)) from exc
+    if header and not re.fullmatch(r"[A-Za-z0-9-]{1,100}", header):
+        raise AccessConfigError(
+            f"FINETUNE_TRUSTED_HEADER {header!r} is not a header name (e.g. X-Forwarded-Email)."
+        )
+    if header and not proxies:
+        raise AccessConfigError(
+            "FINETUNE_TRUSTED_HEADER is set but FINETUNE_TRUSTED_PROXIES is not: list the "
+            "proxy's address (e.g. FINETUNE_TRUSTED_PROXIES=127.0.0.1), since anybody else "
+            "could send that header too."
+        )
+    return header, proxies
 
 
 def _lookup(
@@ -175,11 +214,19 @@ def _parse_admins(raw: Any, where: str) -> frozenset[str]:
         raise AccessConfigError(
             f'{where} must be a list of names or e-mail addresses, e.g. admins = ["a@x.com"].'
         )
-    return frozenset(_norm(str(item)) for item in items if str(item).strip())
+    return frozenset(identity_key(str(item)) for item in items if str(item).strip())
+
+
+def with_accounts(settings: AccessSettings, has_accounts: bool) -> AccessSettings:
+    """Once the workspace has accounts, an otherwise open server asks for sign-in."""
+    if settings.auth_mode == "open" and has_accounts:
+        return replace(settings, auth_mode="password")
+    return settings
 
 
 def check_password(settings: AccessSettings, typed: str) -> bool:
-    """True if ``typed`` is the access password (constant-time comparison)."""
+    """True if ``typed`` is the shared setup password (constant-time comparison); it only
+    unlocks creating the first admin account, never a sign-in."""
     given = typed.encode("utf-8")
     ok = False
     if settings.password:
@@ -191,10 +238,14 @@ def check_password(settings: AccessSettings, typed: str) -> bool:
 
 
 def make_user(settings: AccessSettings, name: str) -> User:
-    """The user ``name`` under ``settings``; in open mode everybody counts as an admin."""
+    """The user ``name`` under ``settings``: open mode makes everybody an admin; OIDC and
+    proxy identities are admins when listed in ``admins``. Password mode never uses this
+    for a typed name (its users come from ``accounts.authenticate``)."""
     name = " ".join(name.split())
     if settings.auth_mode == "open":
         return User(name=name or ANONYMOUS, is_admin=True)
+    if settings.auth_mode == "password":
+        return User(name=name)
     return User(name=name, is_admin=settings.is_admin(name))
 
 
@@ -219,7 +270,7 @@ def can_modify(user: User, record: RunRecord | DatasetRecord) -> bool:
         return False
     if user.is_admin:
         return True
-    return _norm(record.creator or ANONYMOUS) == _norm(user.name)
+    return identity_key(record.creator or ANONYMOUS) == identity_key(user.name)
 
 
 def require(permission_ok: bool, action: str, record: RunRecord | DatasetRecord) -> None:
@@ -228,7 +279,7 @@ def require(permission_ok: bool, action: str, record: RunRecord | DatasetRecord)
         return
     kind = "run" if isinstance(record, RunRecord) else "dataset"
     creator = " ".join(record.creator.split())
-    if creator and _norm(creator) != ANONYMOUS:
+    if creator and identity_key(creator) != ANONYMOUS:
         raise PermissionDenied(f"Only {creator} or an admin can {action} this {kind}.")
     raise PermissionDenied(f"Only an admin can {action} this {kind} (it has no recorded creator).")
 
@@ -273,7 +324,9 @@ def guarded_stop(manager: Any, workspace: Workspace, user: User, run_id: str) ->
     """``JobManager.stop`` for the run's creator or an admin; returns what stop returns."""
     run = _run(workspace, run_id)
     require(can_modify(user, run), "stop", run)
-    return bool(manager.stop(run_id))
+    stopped = bool(manager.stop(run_id))
+    audit.record(workspace, user.name, "stop", "run", run_id, "" if stopped else "not active")
+    return stopped
 
 
 def guarded_resume(manager: Any, workspace: Workspace, user: User, run_id: str) -> None:
@@ -281,6 +334,7 @@ def guarded_resume(manager: Any, workspace: Workspace, user: User, run_id: str) 
     run = _run(workspace, run_id)
     require(can_modify(user, run), "resume", run)
     manager.resume(run_id)
+    audit.record(workspace, user.name, "resume", "run", run_id)
 
 
 def guarded_delete_run(workspace: Workspace, user: User, run_id: str) -> None:
@@ -288,6 +342,7 @@ def guarded_delete_run(workspace: Workspace, user: User, run_id: str) -> None:
     run = _run(workspace, run_id)
     require(can_modify(user, run), "delete", run)
     workspace.delete_run(run_id)
+    audit.record(workspace, user.name, "delete", "run", run_id, run.name)
 
 
 def guarded_rename_run(workspace: Workspace, user: User, run_id: str, name: str) -> None:
@@ -295,6 +350,7 @@ def guarded_rename_run(workspace: Workspace, user: User, run_id: str, name: str)
     run = _run(workspace, run_id)
     require(can_modify(user, run), "rename", run)
     workspace.rename_run(run_id, name)
+    audit.record(workspace, user.name, "rename", "run", run_id, f"{run.name} -> {name.strip()}")
 
 
 def guarded_delete_dataset(workspace: Workspace, user: User, dataset_id: str) -> None:
@@ -302,6 +358,7 @@ def guarded_delete_dataset(workspace: Workspace, user: User, dataset_id: str) ->
     dataset = _dataset(workspace, dataset_id)
     require(can_modify(user, dataset), "delete", dataset)
     workspace.delete_dataset(dataset_id)
+    audit.record(workspace, user.name, "delete", "dataset", dataset_id, dataset.name)
 
 
 def guarded_rename_dataset(workspace: Workspace, user: User, dataset_id: str, name: str) -> None:
@@ -309,6 +366,50 @@ def guarded_rename_dataset(workspace: Workspace, user: User, dataset_id: str, na
     dataset = _dataset(workspace, dataset_id)
     require(can_modify(user, dataset), "rename", dataset)
     workspace.rename_dataset(dataset_id, name)
+    audit.record(workspace, user.name, "rename", "dataset", dataset_id,
+                 f"{dataset.name} -> {name.strip()}")  # fmt: skip
+
+
+def guarded_evaluate(workspace: Workspace, user: User, run_id: str, evaluate: Callable[[], T]) -> T:
+    """Run ``evaluate()`` for this run: anyone signed in may evaluate a run that has no
+    evaluation yet; replacing an existing one is for its creator or an admin. Recorded
+    (a failure too, then re-raised)."""
+    run = _run(workspace, run_id)
+    again = RunPaths(workspace.run_dir(run_id)).evaluation.exists()
+    if again:
+        require(can_modify(user, run), "re-evaluate", run)
+    action = "re-evaluate" if again else "evaluate"
+    return _recorded(workspace, user, action, run_id, "", evaluate)
+
+
+def guarded_export(
+    workspace: Workspace, user: User, run_id: str, fmt: str, export: Callable[[], T]
+) -> T:
+    """Run ``export()`` (format ``fmt``): a first export of a format is for anyone signed
+    in; overwriting an existing one is for the run's creator or an admin. Recorded."""
+    run = _run(workspace, run_id)
+    if not can_start(user):
+        raise PermissionDenied("Sign in to export a model.")
+    again = RunPaths(workspace.run_dir(run_id)).export_zip(fmt).exists()
+    if again:
+        require(can_modify(user, run), f"replace the {fmt} export of", run)
+    return _recorded(workspace, user, "export", run_id, fmt + (" (replaced)" if again else ""),
+                     export)  # fmt: skip
+
+
+def _recorded(
+    workspace: Workspace, user: User, action: str, run_id: str, detail: str, do: Callable[[], T]
+) -> T:
+    if not can_start(user):
+        raise PermissionDenied(f"Sign in to {action} a run.")
+    try:
+        result = do()
+    except BaseException as exc:
+        audit.record(workspace, user.name, action, "run", run_id,
+                     f"{detail} failed: {type(exc).__name__}".strip())  # fmt: skip
+        raise
+    audit.record(workspace, user.name, action, "run", run_id, detail)
+    return result
 
 
 # ----------------------------------------------------------------------------- error text
@@ -348,5 +449,7 @@ def _name_of(path: str) -> str:
     return name + trail
 
 
-def _norm(name: str) -> str:
-    return " ".join(name.split()).casefold()
+def identity_key(name: str) -> str:
+    """What two names must share to be one person: NFKC, blanks collapsed, case folded
+    ("  ANN  " is "ann"; a full-width "ａｎｎ" too)."""
+    return " ".join(unicodedata.normalize("NFKC", name).split()).casefold()

@@ -1,10 +1,12 @@
-"""Signed "stay signed in" tokens for the shared-password mode.
+"""Signed "stay signed in" tokens for the accounts (password) mode.
 
 A browser reload starts a new Streamlit session, which would ask for the password again.
 After a sign-in the app stores a token in a cookie instead: the name, an expiry time and
 an HMAC over both. The key mixes a random server secret (kept in the workspace, never
-sent anywhere) with the access password, so changing the password or deleting the
-secret file signs every browser out.
+sent anywhere) with the account's session material (``accounts.session_material``: its
+password hash, new with every password change), so a password change ends that
+account's older cookies and deleting the secret file signs every browser out. A
+disabled account is refused when the cookie is read (``ui/auth.py``).
 """
 
 from __future__ import annotations
@@ -67,6 +69,18 @@ def issue_token(
     encoded = base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
     payload = f"{encoded}.{expires}"
     return f"{payload}.{_sign(_key(secret, password), payload)}"
+
+
+def claimed_name(token: str | None) -> str | None:
+    """The name a token *claims*, unverified: only for choosing whose material to check it
+    with (:func:`verify_token` decides whether it is genuine)."""
+    if not token or len(token) > 1024 or token.count(".") != 2:
+        return None
+    encoded = token.split(".")[0]
+    try:
+        return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode() or None
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return None
 
 
 def verify_token(

@@ -155,9 +155,20 @@ def test_check_password_plain_and_hashed() -> None:
 def test_make_user_per_mode() -> None:
     assert make_user(AccessSettings(auth_mode="open"), "  ") == User(ANONYMOUS, is_admin=True)
     assert make_user(AccessSettings(auth_mode="open"), " Ann  Lee ") == User("Ann Lee", True)
+    for mode in ("oidc", "proxy"):  # verified identities: admins from the list
+        settings = AccessSettings(admins=frozenset({"root@x.com"}), auth_mode=mode)
+        assert make_user(settings, "Root@X.com") == User("Root@X.com", is_admin=True)
+        assert make_user(settings, "bob") == User("bob", is_admin=False)
+    # password mode: a typed name never earns admin rights (they come from the account)
     settings = AccessSettings(admins=frozenset({"root@x.com"}), auth_mode="password")
-    assert make_user(settings, "Root@X.com") == User("Root@X.com", is_admin=True)
-    assert make_user(settings, "bob") == User("bob", is_admin=False)
+    assert make_user(settings, "root@x.com") == User("root@x.com", is_admin=False)
+
+
+def test_identities_compare_normalised() -> None:
+    settings = AccessSettings(admins=frozenset({"ann"}), auth_mode="oidc")
+    assert settings.is_admin("  ANN  ") and settings.is_admin("\uff41\uff4e\uff4e")  # full-width
+    assert not settings.is_admin("ann\u200b")  # a zero-width space is another name
+    assert can_modify(User(" ＡＮＮ "), RunRecord(id="r", creator="ann"))
 
 
 # ----------------------------------------------------------------------------- permissions
