@@ -10,6 +10,9 @@ import pytest
 from streamlit.proto.TextInput_pb2 import TextInput as TextInputProto
 from streamlit.testing.v1 import AppTest
 
+from finetune_core.auth import accounts
+from finetune_core.store import Workspace
+
 ROOT = Path(__file__).resolve().parents[2]
 ACCESS_ENV = (
     "FINETUNE_PASSWORD",
@@ -18,6 +21,8 @@ ACCESS_ENV = (
     "FINETUNE_ALLOW_SERVER_PATHS",
     "FINETUNE_ALLOW_CUSTOM_BACKBONES",
     "FINETUNE_ALLOW_CUSTOM_BACKBONE",
+    "FINETUNE_TRUSTED_HEADER",
+    "FINETUNE_TRUSTED_PROXIES",
 )
 # AppTest only swaps st.secrets for a non-empty dict; this one keeps a developer's own
 # secrets.toml out of the tests.
@@ -36,7 +41,7 @@ def gated_app() -> None:
 
 
 @pytest.fixture
-def app(monkeypatch: pytest.MonkeyPatch) -> AppTest:
+def app(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> AppTest:
     monkeypatch.syspath_prepend(str(ROOT))
     for name in ACCESS_ENV:
         monkeypatch.delenv(name, raising=False)
@@ -55,59 +60,113 @@ def sign_in(at: AppTest, name: str, password: str) -> AppTest:
     return at.button[0].click().run()
 
 
-def test_password_gate_blocks_until_the_right_password(
-    app: AppTest, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("FINETUNE_PASSWORD", "open sesame")
-    app.run()
+ANN_PW = "ann's own password"
+BOB_PW = "bob's own password"
+ROOT_PW = "the root password"
+
+
+@pytest.fixture
+def team(workspace: Workspace) -> Workspace:
+    """Accounts root (admin), ann and bob in the workspace the app opens."""
+    root = accounts.bootstrap_admin(workspace, "root", ROOT_PW)
+    accounts.create_account(workspace, root.user(), "ann", ANN_PW)
+    accounts.create_account(workspace, root.user(), "bob", BOB_PW)
+    return workspace
+
+
+def test_accounts_gate_needs_that_users_own_password(app: AppTest, team: Workspace) -> None:
+    app.run()  # accounts exist: sign-in is on even with no password configured
     assert not app.exception
     assert "SECRET PAGE" not in page_text(app)
-    assert [t.label for t in app.text_input] == ["Your name", "Access password"]
+    assert [t.label for t in app.text_input] == ["Your name", "Password"]
     assert app.text_input[1].proto.type == TextInputProto.Type.PASSWORD
 
-    sign_in(app, "ann", "open sesam")
-    assert "SECRET PAGE" not in page_text(app)
-    assert [e.value for e in app.error] == [
-        "Wrong password. Ask whoever runs this server for the team's password."
-    ]
-    shown = page_text(app) + "".join(e.value for e in app.error)
-    assert "open sesam" not in shown  # the typed password is never echoed back
-    assert app.session_state["auth_failures"] == 1
+    for name, password in [("ann", BOB_PW), ("admin", ROOT_PW), ("admin", ANN_PW), ("x", "")]:
+        sign_in(app, name, password)
+        assert "SECRET PAGE" not in page_text(app)
+        assert [e.value for e in app.error] == ["Wrong name or password."]
+        assert BOB_PW not in page_text(app) + "".join(e.value for e in app.error)
+    assert app.session_state["auth_failures"] == 4
 
-    sign_in(app, "ann", "open sesame")
+    sign_in(app, " ANN ", ANN_PW)
     assert not app.exception
-    assert "SECRET PAGE" in page_text(app)
     assert "user=ann admin=False" in page_text(app)
     assert not app.error
-    assert [t.label for t in app.text_input] == []  # the form is gone
-
     app.button(key="auth_sign_out").click().run()  # sign out: back to the form
     assert "SECRET PAGE" not in page_text(app)
-    assert [t.label for t in app.text_input] == ["Your name", "Access password"]
+    assert [t.label for t in app.text_input] == ["Your name", "Password"]
+
+    sign_in(app, "root", ROOT_PW)  # admin rights come from the account
+    assert "user=root admin=True" in page_text(app)
+    assert "Signed in as root" in "".join(t.value for t in app.sidebar.text)
 
 
-def test_name_is_required(app: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FINETUNE_PASSWORD", "pw")
+def test_a_shared_password_signs_nobody_in(
+    app: AppTest, team: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FINETUNE_PASSWORD", "team password")
+    monkeypatch.setenv("FINETUNE_ADMINS", "mallory")
     app.run()
-    sign_in(app, "  ", "pw")
+    sign_in(app, "mallory", "team password")
     assert "SECRET PAGE" not in page_text(app)
-    assert "Type your name" in app.error[0].value
+    assert [e.value for e in app.error] == ["Wrong name or password."]
 
 
-def test_hashed_password_from_secrets_and_admin(app: AppTest) -> None:
-    app.secrets = {
-        "access": {
-            "password_sha256": hashlib.sha256(b"team-pass").hexdigest(),
-            "admins": ["Boss"],
-        }
-    }
+def test_disabling_or_a_new_password_ends_a_live_session(app: AppTest, team: Workspace) -> None:
+    root = accounts.get_account(team, "root").user()
+    app.run()
+    sign_in(app, "ann", ANN_PW)
+    assert "user=ann admin=False" in page_text(app)
+    accounts.set_disabled(team, root, "ann", True)
     app.run()
     assert "SECRET PAGE" not in page_text(app)
-    sign_in(app, "boss", "team-pass")
+    sign_in(app, "ann", ANN_PW)
+    assert [e.value for e in app.error] == [
+        "The account ann is disabled; ask an admin to enable it."
+    ]
+
+    sign_in(app, "bob", BOB_PW)
+    assert "user=bob admin=False" in page_text(app)
+    accounts.set_password(team, root, "bob", "a reset password")
+    app.run()
+    assert "SECRET PAGE" not in page_text(app)
+    sign_in(app, "bob", "a reset password")
+    assert "user=bob admin=False" in page_text(app)
+
+
+def test_first_admin_needs_the_setup_password(
+    app: AppTest, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FINETUNE_PASSWORD_SHA256", hashlib.sha256(b"setup secret").hexdigest())
+    app.run()
+    assert "SECRET PAGE" not in page_text(app)
+    labels = ["Admin name", "New password", "Repeat the new password", "Setup password"]
+    assert [t.label for t in app.text_input] == labels
+
+    def create(name: str, password: str, repeat: str, setup: str) -> None:
+        for field, value in zip(app.text_input, (name, password, repeat, setup), strict=True):
+            field.input(value)
+        app.button[0].click().run()
+
+    create("boss", "boss password!", "boss password!", "wrong")
+    assert "Wrong setup password" in app.error[0].value
+    create("boss", "short", "short", "setup secret")
+    assert "at least 10 characters" in app.error[0].value
+    assert accounts.list_accounts(workspace) == []
+    create("boss", "boss password!", "boss password!", "setup secret")
     assert "user=boss admin=True" in page_text(app)
-    sidebar = [m.value for m in app.sidebar.markdown]
-    assert "Signed in as boss" in "".join(t.value for t in app.sidebar.text)
-    assert any("admin" in value for value in sidebar)
+    assert [(a.name, a.is_admin) for a in accounts.list_accounts(workspace)] == [("boss", True)]
+
+
+def test_proxy_mode_refuses_requests_not_from_the_proxy(
+    app: AppTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FINETUNE_TRUSTED_HEADER", "X-Forwarded-Email")
+    monkeypatch.setenv("FINETUNE_TRUSTED_PROXIES", "10.0.0.5")
+    app.run()  # AppTest has no client connection: not the proxy
+    assert "SECRET PAGE" not in page_text(app)
+    assert "Sign in through the organisation's sign-in proxy" in app.error[0].value
+    assert not app.text_input  # no password form to try
 
 
 def test_open_mode_shows_the_page_directly(app: AppTest) -> None:
