@@ -10,6 +10,7 @@ while it lives. This module owns the runs table's queue columns (see RunRecord).
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import socket
 import time
@@ -25,8 +26,11 @@ from finetune_core.store import (
     utc_now,
 )
 
-LEASE_SECONDS = 20.0  # a lease not renewed for this long belongs to a process that is gone
-HEARTBEAT_SECONDS = 2.0  # how often a run's process renews its lease and reads stop requests
+LEASE_ENV = "FINETUNE_LEASE_SECONDS"
+# A lease not renewed for this long belongs to a process that is gone (a run process
+# renews it every few seconds; an admin may lengthen it for a slow shared disk).
+LEASE_SECONDS = max(1.0, float(os.environ.get(LEASE_ENV, "") or 20.0))
+HEARTBEAT_SECONDS = min(2.0, LEASE_SECONDS / 4)  # renewals, and how soon a stop is seen
 HOST = socket.gethostname()
 
 
@@ -229,9 +233,12 @@ def interrupt_unleased(workspace: Workspace) -> list[str]:
                                              (RunStatus.RUNNING, cli))]  # fmt: skip
         conn.execute(
             f"UPDATE runs SET status=?, error=? WHERE {where}",
-            (RunStatus.INTERRUPTED,
-             "The server that trained this run stopped; resume it to continue.",
-             RunStatus.RUNNING, cli),  # fmt: skip
+            (
+                RunStatus.INTERRUPTED,
+                "The server that trained this run stopped; resume it to continue.",
+                RunStatus.RUNNING,
+                cli,
+            ),  # fmt: skip
         )
     return ids
 
