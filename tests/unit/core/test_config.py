@@ -19,7 +19,7 @@ def test_every_problem_is_reported() -> None:
     assert "Choose a dataset" in text
     assert "strategy must be one of probe, finetune, full, last_n" in text
     assert "epochs must be between" in text
-    assert "lr must be positive and at most 1000" in text
+    assert "lr must be between 1e-08 and 10 (got -1)." in text
     assert 'batch_size must be a positive integer or "auto"' in text
     with pytest.raises(ConfigError, match="Invalid run configuration"):
         cfg.validate()
@@ -55,7 +55,7 @@ def test_problems_by_field_name_the_field_to_change() -> None:
     )
     by_field = cfg.problems_by_field()
     assert by_field["freeze_epochs"] == ["freeze_epochs must be between 0 and epochs."]
-    assert by_field["lr"] == ["lr must be positive and at most 1000."]
+    assert by_field["lr"] == ["lr must be between 1e-08 and 10 (got 0.0)."]
     assert by_field["dataset"] == ["Choose a dataset."]
     assert "device" in by_field and set(by_field) == {"dataset", "freeze_epochs", "lr", "device"}
     flat = [message for messages in by_field.values() for message in messages]
