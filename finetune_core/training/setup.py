@@ -1,9 +1,11 @@
-"""Setting up a run before the loop: seeds, threads, device, the model, the decoded data
-and the batch size, and the record of the environment it all ran in (run.json).
+"""Setting up a run before the loop: seeds, threads, device, the model (from its weights,
+or from another run's checkpoint: ``init_from``), the decoded data and the batch size, and
+the record of the environment and lineage it all ran in (run.json).
 Functions of the Trainer they set up, kept apart from the loop."""
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import random
 import shutil
@@ -20,7 +22,15 @@ import finetune_core
 from finetune_core import device as devices
 from finetune_core import runs
 from finetune_core.data.cache import decoded_split
-from finetune_core.models.classifier import build_classifier
+from finetune_core.models.checkpoint import (
+    CheckpointError,
+    InitSource,
+    checkpoint_val_accuracy,
+    load_init_checkpoint,
+    resolve_init_from,
+    state_mismatch,
+)
+from finetune_core.models.classifier import CUSTOM, build_classifier
 from finetune_core.training import ddp
 from finetune_core.training.callbacks import TrainingError
 from finetune_core.training.phases import MIN_BATCH_SIZE
@@ -46,16 +56,18 @@ def build_model(t: Any) -> None:
     if t.persist and t.dist.is_main:  # before the weights load, so failed runs have it too
         runs.update_info(t.paths, environment=environment(t))
     t.class_names = list(t.dataset.class_names)
-    weights = own_weights(t, cfg.weights) if t.persist else cfg.weights
+    init = init_checkpoint(t)
     t.model, report = build_classifier(
         cfg.model,
         len(t.class_names),
-        weights,
+        model_weights(t),
         dropout=cfg.dropout,
         image_size=cfg.image_size,
         progress=lambda done, total: t.setup_progress("downloading weights", done, total),
     )
-    if report.message:
+    if init is not None:
+        load_initial_state(t, init)
+    elif report.message:
         t.log(report.message)
     t.model.to(t.device)
     if cfg.channels_last and t.device.type != "mps":
@@ -68,6 +80,104 @@ def build_model(t: Any) -> None:
         f"params) on {t.device}, precision {t.amp_dtype or 'fp32'}, "
         f"{len(t.groups)} groups"
     )
+
+
+def init_checkpoint(t: Any) -> dict[str, Any] | None:
+    """The checkpoint ``init_from`` names, checked to fit this run's model and classes
+    (TrainingError with what differs otherwise); None without ``init_from``, and when
+    resuming from the run's own last checkpoint (which holds the lineage)."""
+    cfg = t.cfg
+    if not cfg.init_from or (t.resume and t.paths.checkpoint("last").exists()):
+        return None
+    # The dataset knows its workspace, where a run id resolves (dashboard and CLI runs).
+    workspace = getattr(t.dataset, "workspace", None)
+    try:
+        source = resolve_init_from(cfg.init_from, workspace)
+        if source.folder.resolve() == t.paths.root.resolve():
+            raise CheckpointError(
+                "A run cannot start from its own checkpoints: give another run, or resume it."
+            )
+        ckpt = load_init_checkpoint(source, cfg.model, t.class_names)
+    except CheckpointError as exc:
+        raise TrainingError(str(exc)) from exc
+    t.init_source = source
+    record_lineage(t, lineage_of(source, ckpt))
+    return ckpt
+
+
+def lineage_of(source: InitSource, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What run.json records about the weights a run started from."""
+    return {
+        "source_run_id": source.run_id,
+        "source_folder": str(source.folder),
+        "checkpoint": source.which,
+        "epoch": int(ckpt.get("epoch") or 0),
+        "val_accuracy": checkpoint_val_accuracy(ckpt),
+    }
+
+
+def record_lineage(t: Any, lineage: dict[str, Any] | None) -> None:
+    """Keep the lineage on the trainer (checkpoints carry it) and in run.json."""
+    t.lineage = lineage
+    if lineage and t.persist and t.dist.is_main:
+        runs.update_info(t.paths, lineage=lineage)
+
+
+def model_weights(t: Any) -> str:
+    """The weights build_classifier loads. With ``init_from`` every tensor comes from the
+    source checkpoint, so none (no ImageNet download); a custom model still needs its
+    .pt2 backbone: the run's own copy, the configured file, else the source run's."""
+    cfg = t.cfg
+    if not cfg.init_from:
+        return own_weights(t, cfg.weights) if t.persist else cfg.weights
+    if cfg.model != CUSTOM:
+        return "none"
+    weights = own_weights(t, cfg.weights) if t.persist else cfg.weights
+    source = getattr(t, "init_source", None)
+    if not Path(weights).is_file() and source is not None:
+        backbone = str(runs.RunPaths(source.folder).backbone)
+        weights = own_weights(t, backbone) if t.persist else backbone
+    return weights
+
+
+def load_initial_state(t: Any, ckpt: dict[str, Any]) -> None:
+    """Load the source checkpoint into the freshly built model, backbone and head."""
+    source: InitSource = t.init_source
+    state = ckpt["model_state"]
+    problems = state_mismatch(state, t.model.state_dict())
+    if problems:
+        size = ckpt.get("image_size")
+        hint = (
+            f" It was trained at {size} px: use that image size."
+            if size and int(size) != t.cfg.image_size
+            else ""
+        )
+        raise TrainingError(
+            f"Cannot start from {source.label}: its weights do not fit this model "
+            f"({'; '.join(problems[:4])}{'; …' if len(problems) > 4 else ''}).{hint}"
+        )
+    t.model.load_state_dict(state)
+    # The model holds a checkpoint's weights (a probe's head with the feature scaling
+    # folded in: the probe phase unfolds it), without an optimizer state to restore.
+    t.resumed_from = {"init_from": t.cfg.init_from}
+    va = t.lineage.get("val_accuracy") if t.lineage else None
+    t.log(
+        f"initialised from {source.label}: its {source.which} checkpoint (epoch "
+        f"{ckpt.get('epoch')}" + (f", val accuracy {va:.4f})" if va is not None else ")")
+    )
+
+
+def separate_feature_cache(t: Any) -> None:
+    """Warm-started probes extract features with the source's backbone, which the
+    feature cache's key (model, weights, seed) does not name: they cache under a folder
+    of their own, keyed by the backbone's tensors (the same after a resume)."""
+    if not t.cfg.init_from or t.cfg.strategy != "probe":
+        return
+    h = hashlib.sha256()
+    for name, tensor in t.model.backbone.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+    t.cache_dir = t.cache_dir / "warm-start" / h.hexdigest()[:16]
 
 
 def own_weights(t: Any, weights: str) -> str:

@@ -127,6 +127,10 @@ class Trainer:
         self.improved = False
         self.features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.resumed_from: dict[str, Any] | None = None
+        # init_from: the run whose checkpoint started this one (training.setup), and what
+        # run.json and every checkpoint record about it
+        self.init_source: Any = None
+        self.lineage: dict[str, Any] | None = None
         self.resume_epoch = 1
         self.optimizer: torch.optim.Optimizer | None = None
         self.schedule: Any = None
@@ -185,6 +189,7 @@ class Trainer:
             with ddp.local_main_first(self.dist):
                 setup.load_data(self)
             self._resume()
+            setup.separate_feature_cache(self)
             self.plan = plan(self)
             with self.event("fit"):
                 try:
@@ -321,6 +326,8 @@ class Trainer:
         self._seconds_before = float(ckpt.get("train_seconds", 0.0))
         self._fit_start = time.monotonic()
         self.resumed_from = ckpt
+        if ckpt.get("lineage"):  # run.json may have been rewritten since: record it again
+            setup.record_lineage(self, ckpt["lineage"])
         self.resume_epoch = int(ckpt["epoch"]) + 1
         self.log(f"resumed from epoch {ckpt['epoch']} checkpoint")
         self.events.append(f"resumed after epoch {ckpt['epoch']}")
@@ -398,6 +405,7 @@ class Trainer:
             "batch_size": self.batch_size,
             "train_seconds": self.train_seconds,
             "dataset_fingerprint": self.dataset.fingerprint,
+            "lineage": self.lineage,
         }
 
     def _write_summary(self) -> None:
