@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from finetune_core.auth.access import PermissionDenied, can_modify, guarded_evaluate, guarded_export
 from finetune_core.data.dataset import Dataset, run_dataset
 from finetune_core.evaluation.evaluate import evaluate_run
 from finetune_core.evaluation.honesty import split_honesty
@@ -36,6 +37,7 @@ from ui.services import (
     get_workspace,
     predictions,
     public,
+    user,
 )
 
 ws = get_workspace()
@@ -74,10 +76,15 @@ def header(run: RunRecord) -> None:
     )
 
 
-def evaluate_now(folder: RunFolder) -> None:
+def evaluate_now(run: RunRecord, folder: RunFolder) -> None:
     with st.status("Evaluating on the validation and test images…", expanded=True) as status:
         try:
-            evaluate_run(folder, workspace=ws, cache_dir=ws.cache_dir, progress=st.write)
+            guarded_evaluate(ws, user(), run.id, lambda: evaluate_run(
+                folder, workspace=ws, cache_dir=ws.cache_dir, progress=st.write))  # fmt: skip
+        except PermissionDenied as exc:
+            status.update(label="Not allowed", state="error", expanded=True)
+            st.error(esc(str(exc)))
+            return
         except RunError as exc:
             status.update(label="Evaluation failed", state="error", expanded=True)
             st.error(esc(public(str(exc))))
@@ -152,10 +159,17 @@ def evaluation_actions(run: RunRecord, folder: RunFolder) -> dict[str, Any]:
         if evaluation is None:
             if st.button("Evaluate", type="primary", icon=":material/play_arrow:",
                          key="evaluate", disabled=busy):  # fmt: skip
-                evaluate_now(folder)
+                evaluate_now(run, folder)
         else:
-            if st.button("Re-evaluate", icon=":material/refresh:", key="evaluate", disabled=busy):
-                evaluate_now(folder)
+            allowed = can_modify(user(), run)
+            why = (
+                None
+                if allowed
+                else f"Only {run.creator or 'its creator'} or an admin can re-evaluate this run."
+            )
+            if st.button("Re-evaluate", icon=":material/refresh:", key="evaluate",
+                         disabled=busy or not allowed, help=why):  # fmt: skip
+                evaluate_now(run, folder)
             report_button(run, folder)
         with st.popover("Permalink", icon=":material/link:"):
             st.caption("Anyone on this server can open this run's evaluation with:")
@@ -299,11 +313,22 @@ def export_section() -> None:
     )
     left, right = st.columns([1, 2], gap="medium")
     fmt = left.selectbox("Format", list(FORMATS), format_func=FORMAT_TITLES.get, key="export_fmt")
-    if left.button("Export and verify", icon=":material/upload_file:", key="export_go"):
+    replaces = folder.paths.export_zip(fmt).is_file()
+    allowed = not replaces or can_modify(user(), run)
+    why = None if allowed else (
+        f"Only {run.creator or 'its creator'} or an admin can replace this run's export."
+    )  # fmt: skip
+    if left.button("Export and verify", icon=":material/upload_file:", key="export_go",
+                   disabled=not allowed, help=why):  # fmt: skip
         with right, st.spinner(f"Exporting to {FORMAT_TITLES[fmt]} and checking it…"):
             try:
-                export_run(folder, fmt, workspace=ws)
+                guarded_export(
+                    ws, user(), run.id, fmt, lambda: export_run(folder, fmt, workspace=ws)
+                )
                 exported = True
+            except PermissionDenied as exc:
+                st.error(esc(str(exc)))
+                exported = False
             except Exception as exc:  # RunError/ExportError explain themselves
                 error_box(f"The export failed: {exc}", exc)
                 exported = False

@@ -8,6 +8,7 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
+from finetune_core.auth import audit
 from finetune_core.auth.access import (
     PermissionDenied,
     User,
@@ -271,6 +272,33 @@ def selected_run_section(shown: list[RunRecord]) -> None:
             rename_box(run, allowed, why)
         with right:
             delete_box(run, allowed, why)
+        history_section(run)
+
+
+def history_section(run: RunRecord) -> None:
+    """The audit log's entries for this run, newest first."""
+    log = audit.entries(ws, target_id=run.id, limit=100)
+    with st.expander(f"History ({len(log)})", icon=":material/history:"):
+        if not log:
+            st.caption("Nothing recorded for this run yet.")
+            return
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "When": fmt_when(e.time),
+                        "Who": e.actor,
+                        "Action": e.action,
+                        "Detail": e.detail,
+                    }
+                    for e in log
+                ],  # fmt: skip
+                columns=["When", "Who", "Action", "Detail"],
+            ),
+            hide_index=True,
+            width="stretch",
+            key="runs_history",
+        )
 
 
 def main() -> None:
