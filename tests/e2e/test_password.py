@@ -1,42 +1,66 @@
-"""Password mode: nothing of the app shows before sign-in, on any URL; a wrong password
-is refused with a message; the right one opens the app."""
+"""Accounts mode in a real browser: nothing of the app shows before sign-in (a deep link
+included); another user's password and "admin" typed as a name are refused; the account's
+own password opens the page that was linked; a reload stays signed in, a forged cookie
+does not, and sign-out ends it."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers.e2e import AppServer, alerts, main, open_app, wait_idle, wait_text
+from finetune_core.auth import accounts
+from finetune_core.store import Workspace
+from tests.helpers.e2e import (
+    AppServer,
+    alerts,
+    main,
+    open_app,
+    start_server,
+    stop_server,
+    wait_idle,
+    wait_text,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-PASSWORD = "correct horse battery staple"
+SETUP_PASSWORD = "correct horse battery staple"  # FINETUNE_PASSWORD: signs nobody in
+CAROL_PW, BOB_PW, ROOT_PW = "carol's own password", "bob's own password", "root password!"
 # What the sign-in screen may show; anything else in the main area is a leak.
-SIGN_IN_TEXT = {"Finetune Dashboard", "Your name", "Access password", "Sign in"}
+SIGN_IN_TEXT = {
+    "Finetune Dashboard",
+    "Your name",
+    "Password",
+    "Sign in",
+    "No account yet? Ask an admin of this server to create one.",
+}
 # Streamlit's own words in a form: the password field's show/hide icon, a submit hint.
 FORM_CHROME = {"visibility", "visibility_off", "Press Enter to submit form"}
 # Texts of the pages behind the sign-in (titles, buttons, sidebar) that must not show.
-APP_TEXT = [
-    "Train a quick demo model",
-    "Recent runs",
-    "Training",
-    "Queue",
-    "No runs yet",
-    "Datasets",
-    "Jobs",
-    "Open access",
-]
+APP_TEXT = ["Train a quick demo model", "Recent runs", "Queue", "No runs yet", "Datasets",
+            "Jobs", "Open access"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def app_env() -> dict[str, str]:
-    return {"FINETUNE_PASSWORD": PASSWORD}
+def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    """The app on a workspace that already has accounts (root, carol, bob)."""
+    root_dir = tmp_path_factory.mktemp("e2e") / "workspace"
+    workspace = Workspace(root_dir)
+    root = accounts.bootstrap_admin(workspace, "root", ROOT_PW)
+    accounts.create_account(workspace, root.user(), "carol", CAROL_PW)
+    accounts.create_account(workspace, root.user(), "bob", BOB_PW)
+    workspace.close()
+    server = start_server(root_dir, {"FINETUNE_PASSWORD": SETUP_PASSWORD})
+    try:
+        yield server
+    finally:
+        stop_server(server)
 
 
 def assert_signed_out(page) -> None:
     """Only the sign-in form: no page content, no navigation, no sidebar."""
-    wait_text(page, "Access password")
+    wait_text(page, "Your name")
     wait_idle(page)
     page.wait_for_timeout(1000)  # anything rendered after the form would be a leak
     lines = {line.strip() for line in main(page).inner_text().splitlines() if line.strip()}
@@ -51,62 +75,39 @@ def assert_signed_out(page) -> None:
 def sign_in(page, name: str, password: str) -> None:
     form = main(page).locator('[data-testid="stForm"]')
     form.get_by_label("Your name").fill(name)
-    form.get_by_label("Access password").fill(password)
+    form.get_by_label("Password", exact=True).fill(password)
     form.get_by_role("button", name="Sign in").click()
     wait_idle(page, timeout=30)
 
 
-def test_deep_link_shows_only_sign_in(app_server: AppServer, page, shot) -> None:
+def test_accounts_sign_in_through_the_browser(app_server: AppServer, page, shot) -> None:
     # First visit to this fresh server, straight to a page that is not the home page.
     open_app(page, app_server, "/training")
     assert_signed_out(page)
-    shot(page, "training-signed-out")
-
-
-def test_wrong_then_right_password(app_server: AppServer, page, shot) -> None:
-    open_app(page, app_server, "/")
-    assert_signed_out(page)
     shot(page, "01-sign-in")
 
-    sign_in(page, "mallory", "guess")
-    wait_text(page, "Wrong password")
-    assert any("Wrong password" in e for e in alerts(page, "Error"))
-    assert page.locator('[data-testid="stSidebarNav"]').count() == 0
-    assert "Train a quick demo model" not in page.locator("body").inner_text()
+    for name, password in [("carol", BOB_PW), ("admin", ROOT_PW), ("carol", SETUP_PASSWORD)]:
+        sign_in(page, name, password)
+        wait_text(page, "Wrong name or password.")
+        assert alerts(page, "Error") == ["Wrong name or password."]
+        assert page.locator('[data-testid="stSidebarNav"]').count() == 0
     shot(page, "02-wrong-password")
 
-    sign_in(page, "alice", PASSWORD)
-    wait_text(page, "Train a quick demo model")
-    assert page.locator('[data-testid="stSidebarNav"]').count() == 1
-    assert page.locator('[data-testid="stSidebar"]').get_by_text("Signed in as alice").count() == 1
-    shot(page, "03-signed-in")
-
-
-def test_sign_in_on_a_deep_link_opens_that_page(app_server: AppServer, page) -> None:
-    open_app(page, app_server, "/training")
-    assert_signed_out(page)
-    sign_in(page, "bob", PASSWORD)
-    wait_text(page, re.compile(r"^(No runs yet|Train a quick demo model)"))
+    sign_in(page, "carol", CAROL_PW)
+    wait_text(page, "No runs yet")
     assert re.search(r"/training(\?|$)", page.url), page.url
-    wait_text(page, "No runs yet")
-    assert main(page).get_by_role("heading", name="Training").count() == 1
-
-
-def test_a_reload_keeps_the_sign_in_until_sign_out(app_server: AppServer, page, shot) -> None:
-    open_app(page, app_server, "/training")
-    sign_in(page, "carol", PASSWORD)
-    wait_text(page, "No runs yet")
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    assert sidebar.get_by_text("Signed in as carol").count() == 1
     cookies = {c["name"]: c for c in page.context.cookies()}
     assert cookies["finetune_session"]["sameSite"] == "Strict"
     assert "carol" not in cookies["finetune_session"]["value"]  # encoded and signed
+    shot(page, "03-signed-in")
 
     page.reload()  # a new Streamlit session: signed in again from the cookie
     wait_text(page, "No runs yet")
-    sidebar = page.locator('[data-testid="stSidebar"]')
     assert sidebar.get_by_text("Signed in as carol").count() == 1
-    shot(page, "01-after-reload")
 
-    # a forged cookie (another name, the old signature) is refused
+    # a forged cookie (another account's name, carol's signature) is refused
     value = cookies["finetune_session"]["value"]
     forged = "Ym9i" + value[value.index(".") :]  # base64url("bob")
     page.context.add_cookies([{**cookies["finetune_session"], "value": forged}])
