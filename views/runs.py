@@ -197,7 +197,7 @@ def _resume(run: RunRecord, me: User) -> None:
     try:
         guarded_resume(manager, ws, me, run.id)
     except (JobError, PermissionDenied, StoreError) as exc:
-        st.error(esc(str(exc)))
+        st.error(esc(public(str(exc))))
     else:
         st.switch_page("views/training.py", query_params={"run": run.id})
 
@@ -206,7 +206,7 @@ def _cancel(run: RunRecord, me: User) -> None:
     try:
         guarded_stop(manager, ws, me, run.id)
     except (PermissionDenied, StoreError) as exc:
-        st.error(esc(str(exc)))
+        st.error(esc(public(str(exc))))
     else:
         st.rerun()
 
@@ -222,7 +222,7 @@ def rename_box(run: RunRecord, allowed: bool, why: str | None) -> None:
                 raise StoreError("A run name cannot be empty.")
             guarded_rename_run(ws, user(), run.id, new_name)
         except (PermissionDenied, StoreError) as exc:
-            st.error(esc(str(exc)))
+            st.error(esc(public(str(exc))))
         else:
             st.rerun()
 
@@ -242,7 +242,7 @@ def delete_box(run: RunRecord, allowed: bool, why: str | None) -> None:
                 guarded_stop(manager, ws, user(), run.id)
             guarded_delete_run(ws, user(), run.id)
         except (PermissionDenied, StoreError) as exc:
-            st.error(esc(str(exc)))
+            st.error(esc(public(str(exc))))
         else:
             st.session_state.pop("runs_run", None)
             st.query_params.pop("run", None)
