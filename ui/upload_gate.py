@@ -25,13 +25,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from starlette.exceptions import HTTPException
-from streamlit import runtime
+from streamlit import config, runtime
 from streamlit.runtime import Runtime
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 from streamlit.runtime.uploaded_file_manager import UploadedFile, UploadedFileRec
 
 MEMORY_ENV = "FINETUNE_UPLOAD_MEMORY_MB"
-DEFAULT_MEMORY_MB = 2048
 SIGN_IN_FIRST = "Sign in before uploading files."
 
 _lock = threading.Lock()
@@ -39,13 +38,18 @@ _allowed: set[str] = set()
 _installed: list[Any] = []  # the runtime the gate is installed on (one per process)
 
 
+def default_memory_mb() -> int:
+    """Twice ``server.maxUploadSize``: two of the largest files at once."""
+    return 2 * int(config.get_option("server.maxUploadSize"))
+
+
 def memory_budget_bytes() -> int:
     """Bytes all sessions' uploads may hold together: ``FINETUNE_UPLOAD_MEMORY_MB``."""
     raw = os.environ.get(MEMORY_ENV, "").strip()
     try:
-        mb = int(raw) if raw else DEFAULT_MEMORY_MB
+        mb = int(raw) if raw else default_memory_mb()
     except ValueError:
-        mb = DEFAULT_MEMORY_MB  # a typo must not lift the bound
+        mb = default_memory_mb()  # a typo must not lift the bound
     return max(1, mb) * 1024 * 1024
 
 
@@ -99,13 +103,14 @@ def release(files: UploadedFile | Iterable[UploadedFile] | None) -> int:
     """Drop uploaded files the page has finished with from server memory; returns how
     many. The widget then reads them as deleted: give it a new key to clear it."""
     ctx = get_script_run_ctx()
-    if ctx is None or files is None:
+    remove = getattr(ctx.uploaded_file_mgr, "remove_file", None) if ctx else None
+    if ctx is None or remove is None or files is None:
         return 0
     chosen = [files] if isinstance(files, UploadedFile) else list(files)
     done = 0
     for file in chosen:
         if isinstance(file, UploadedFile):
-            ctx.uploaded_file_mgr.remove_file(session_id=ctx.session_id, file_id=file.file_id)
+            remove(session_id=ctx.session_id, file_id=file.file_id)
             done += 1
     return done
 

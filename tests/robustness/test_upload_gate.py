@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import streamlit
+import tomllib
 
 from tests.helpers.processes import ROOT, free_port, server_log, stop_app
 from ui import upload_gate
@@ -153,7 +154,9 @@ class AnonymousSession:
         self.conn.close()
 
 
-def put_upload(port: int, session_id: str, token: str, mb: int) -> tuple[int, int, bool]:
+def put_upload(
+    port: int, session_id: str, token: str, mb: int, file_id: str = "file-1"
+) -> tuple[int, int, bool]:
     """PUT an ``mb`` MB multipart file to the upload route over a raw socket and keep
     pushing whatever the server answers; return (HTTP status, bytes the connection took
     before it failed or ended, whether the server closed it within 10 s)."""
@@ -164,7 +167,7 @@ def put_upload(port: int, session_id: str, token: str, mb: int) -> tuple[int, in
     ).encode()
     tail = f"\r\n--{boundary}--\r\n".encode()
     request = (
-        f"PUT /_stcore/upload_file/{session_id}/file-{mb} HTTP/1.1\r\n"
+        f"PUT /_stcore/upload_file/{session_id}/{file_id} HTTP/1.1\r\n"
         f"Host: 127.0.0.1:{port}\r\nContent-Length: {len(head) + mb * 2**20 + len(tail)}\r\n"
         f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
         f"X-Xsrftoken: {token}\r\nCookie: _streamlit_xsrf={token}\r\n\r\n"
@@ -222,7 +225,9 @@ def attack(proc: subprocess.Popen, port: int, label: str) -> None:
         before = rss_mb(proc.pid)
         sampler = RssSampler(proc.pid)
         sampler.start()
-        statuses = [put_upload(port, session.session_id, token, ATTACK_MB) for _ in range(3)]
+        statuses = [
+            put_upload(port, session.session_id, token, ATTACK_MB, f"file-{i}") for i in range(3)
+        ]
         peak = sampler.stop()
         time.sleep(0.5)
         after = rss_mb(proc.pid)
@@ -262,6 +267,38 @@ def test_the_real_app_refuses_uploads_before_sign_in(tmp_path: Path) -> None:
         attack(proc, port, "app.py")
     finally:
         stop_app(proc)
+
+
+@pytest.mark.slow
+def test_an_allowed_session_uploads_and_all_uploads_together_stay_in_the_budget(
+    tmp_path: Path,
+) -> None:
+    """Open access lets every session through the sign-in gate, so the app allows it:
+    its upload is kept (204, the server's memory grows by the file), and a second file
+    that would take the uploads held past FINETUNE_UPLOAD_MEMORY_MB is refused (413)."""
+    script = tmp_path / "gate_app.py"
+    script.write_text(GATE_APP)
+    proc, port = start_script(script, tmp_path / "ws", {upload_gate.MEMORY_ENV: "12"})
+    try:
+        session = AnonymousSession(port)
+        assert "Any file" in "".join(session.text), "open access should show the page"
+        token = xsrf_cookie(port)
+        time.sleep(1.0)
+        before = rss_mb(proc.pid)
+        first = put_upload(port, session.session_id, token, 8, "file-a")
+        held = rss_mb(proc.pid)
+        second = put_upload(port, session.session_id, token, 8, "file-b")
+        after = rss_mb(proc.pid)
+        session.close()
+    finally:
+        stop_app(proc)
+    print(
+        f"\n[allowed] 8 MB: {first[0]}, RSS {before:.0f} -> {held:.0f} MB; a second 8 MB "
+        f"over the 12 MB budget: {second[0]}, RSS {after:.0f} MB"
+    )
+    assert first[0] == 204 and first[1] == 8 * 2**20, first
+    assert held - before > 6, (before, held)  # the file is kept in memory
+    assert second[0] == 413, second
 
 
 # --------------------------------------------------------------------------- the rule
@@ -306,13 +343,21 @@ def test_install_does_nothing_without_a_server() -> None:
 
 
 @pytest.mark.parametrize(
-    ("raw", "mb"), [("", 2048), ("512", 512), ("0", 1), ("lots", 2048), ("-5", 1)]
+    ("raw", "mb"), [("", None), ("512", 512), ("0", 1), ("lots", None), ("-5", 1)]
 )
 def test_the_upload_memory_budget_is_read_from_the_environment(
-    raw: str, mb: int, monkeypatch: pytest.MonkeyPatch
+    raw: str, mb: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(upload_gate.MEMORY_ENV, raw)
-    assert upload_gate.memory_budget_bytes() == mb * 2**20
+    expected = 2 * streamlit.config.get_option("server.maxUploadSize") if mb is None else mb
+    assert upload_gate.memory_budget_bytes() == expected * 2**20
+
+
+def test_the_shipped_upload_limit_is_bounded_and_the_budget_holds_two_files() -> None:
+    server = tomllib.loads((ROOT / ".streamlit/config.toml").read_text())["server"]
+    assert server["maxUploadSize"] <= 1024, "every uploaded byte is held in memory"
+    assert streamlit.config.get_option("server.maxUploadSize") == server["maxUploadSize"]
+    assert upload_gate.default_memory_mb() == 2 * server["maxUploadSize"]
 
 
 def test_the_upload_route_is_the_only_caller_of_the_wrapped_check() -> None:
