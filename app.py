@@ -21,9 +21,9 @@ PAGES = [
 
 
 def job_badge() -> None:
-    """Running and queued jobs of this server, on every page."""
+    """Running and queued runs of the workspace, on every page."""
     manager = get_job_manager()
-    running = 1 if manager.running() else 0
+    running = len(manager.active_runs())
     queued = len(manager.queue_positions())
     with st.sidebar:
         st.caption("Jobs")

@@ -48,14 +48,18 @@ def intro() -> None:
 def workspace_numbers(info: DeviceInfo) -> None:
     """Datasets, runs, jobs and the training device at a glance."""
     counts = ws.counts()
-    running = 1 if manager.running() else 0
+    running = len(manager.active_runs())
     queued = len(manager.queue_positions())
     memory = f"{info.memory_gb:g} GB" if info.memory_gb else "unknown"
     metric_row(
         [
             Metric("Datasets", str(counts["datasets"])),
             Metric("Runs", str(counts["runs"])),
-            Metric("Training now", str(running), help="Jobs run one at a time per device."),
+            Metric(
+                "Training now",
+                str(running),
+                help="Runs train in their own processes; an admin sets how many at once per device (Training page).",
+            ),
             Metric("Queued", str(queued)),
             Metric(
                 "Device",

@@ -21,6 +21,7 @@ from finetune_core.auth.access import (
 from finetune_core.config import RunConfig
 from finetune_core.device import device_info
 from finetune_core.jobs.manager import JobError
+from finetune_core.jobs.slots import MAX_SLOTS, read_slots, write_slots
 from finetune_core.reporting import charts
 from finetune_core.runs import RunPaths, read_log
 from finetune_core.store import RunRecord, RunStatus, StoreError
@@ -69,6 +70,7 @@ def header(record: RunRecord) -> None:
         + (f" · started by {esc(record.creator)}" if record.creator else "")
         + f" · {fmt_when(record.created_at)} · "
         f"id `{record.id}`"
+        + (f" · on {esc(record.device)}" if record.lease_owner and record.device else "")
     )
 
 
@@ -287,23 +289,45 @@ def _final_actions(record: RunRecord) -> None:
 
 
 def queue_table() -> None:
-    positions = manager.queue_positions()
-    running = manager.running()
+    """What trains on which device, and the line for each device."""
     rows = []
-    if running:
-        record = ws.get_run(running)
-        rows.append({"Position": "running", "Run": record.name if record else running,
-                     "Model": record.model if record else "", "Id": running})  # fmt: skip
-    for run_id, position in sorted(positions.items(), key=lambda kv: kv[1]):
-        record = ws.get_run(run_id)
-        rows.append({"Position": str(position), "Run": record.name if record else run_id,
-                     "Model": record.model if record else "", "Id": run_id})  # fmt: skip
+    for record in manager.active_runs():
+        phase = "evaluating" if record.phase == "evaluating" else "training"
+        rows.append({"Device": record.device or "–", "Position": phase, "Run": record.name,
+                     "Model": record.model, "Started by": record.creator, "Id": record.id})  # fmt: skip
+    for device, position, record in manager.queue_by_device():
+        rows.append({"Device": device, "Position": str(position), "Run": record.name,
+                     "Model": record.model, "Started by": record.creator, "Id": record.id})  # fmt: skip
     st.subheader("Queue")
+    slots = ", ".join(f"{s.device}: {s.capacity} at once" for s in manager.slots())
     if rows:
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-        st.caption("Runs train one at a time on this server, in the order they were started.")
+        st.caption(
+            f"Runs belong to the workspace: any server or worker on it trains them, each in its "
+            f"own process, in the order they were started. Slots on this server: {slots}."
+        )
     else:
-        st.caption("Nothing is training or waiting.")
+        st.caption(f"Nothing is training or waiting. Slots on this server: {slots}.")
+    if user().is_admin:
+        slots_editor()
+
+
+def slots_editor() -> None:
+    """Admins: how many runs train at once on the CPU and on each GPU."""
+    current = read_slots(ws)
+    expander = st.expander("Slots (admins)", icon=":material/tune:")
+    with expander, st.form("slots_form", border=False):
+        cpu = st.number_input("Runs at once on the CPU", 1, MAX_SLOTS, current.cpu, step=1,
+                              help="They share the CPU cores; each run's threads are "
+                              "limited to its share.")  # fmt: skip
+        gpu = st.number_input("Runs at once on each GPU", 1, MAX_SLOTS, current.gpu, step=1)
+        if st.form_submit_button("Save slots"):
+            try:
+                write_slots(ws, cpu=int(cpu), gpu=int(gpu))
+            except StoreError as exc:
+                st.error(esc(str(exc)))
+            else:
+                st.toast("Slots saved: every scheduler of this workspace uses them.")
 
 
 def pick_training_run() -> RunRecord:
@@ -314,7 +338,7 @@ def pick_training_run() -> RunRecord:
         st.page_link("views/setup.py", label="Set up a run", icon=":material/tune:")
         st.stop()
     active_ids = [r.id for r in runs if r.status in RunStatus.ACTIVE]
-    default = manager.running() or (active_ids[0] if active_ids else runs[0].id)
+    default = active_ids[0] if active_ids else runs[0].id
     run = pick_run(runs, key="training_run", default=default)
     assert run is not None
     return run

@@ -94,6 +94,31 @@ def warm_start_config(workspace: Workspace, source_run_id: str, config: RunConfi
     return _valid(config, {"init_from": source_run_id, **_custom_backbone(config.model, paths)})
 
 
+def warm_start_sources(workspace: Workspace, model: str, dataset_id: str) -> list[RunRecord]:
+    """Finished runs with a model that a run of ``model`` on ``dataset_id`` can start
+    from: the same architecture, trained on a dataset with the same classes in the same
+    order (newest first). warm_start_config checks the checkpoint itself again."""
+    target = workspace.get_dataset(dataset_id)
+    if target is None:
+        return []
+    classes: dict[str, list[str] | None] = {}
+
+    def same_classes(record: RunRecord) -> bool:
+        if record.dataset_id not in classes:
+            found = workspace.get_dataset(record.dataset_id)
+            classes[record.dataset_id] = found.class_names if found else None
+        return classes[record.dataset_id] == target.class_names
+
+    return [
+        r
+        for r in workspace.list_runs()
+        if r.status not in RunStatus.ACTIVE
+        and r.model == model
+        and same_classes(r)
+        and RunPaths(workspace.run_dir(r.id)).has_model()
+    ]
+
+
 def _custom_backbone(model: str, source: RunPaths) -> dict[str, str]:
     """A custom model's .pt2 backbone: the source run's own copy (the upload may be gone)."""
     if model == CUSTOM and source.backbone.is_file():

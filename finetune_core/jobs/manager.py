@@ -186,6 +186,20 @@ class JobManager:
         """Queued run ids and their 1-based position in the workspace's queue."""
         return queue.positions(self.workspace)
 
+    def queue_by_device(self) -> list[tuple[str, int, RunRecord]]:
+        """Queued runs as (device they wait for, place in that device's line, record)."""
+        lines: dict[str, int] = {}
+        out = []
+        for record in queue.queued(self.workspace):
+            device = queue.waits_for(record, self.scheduler.gpus)
+            lines[device] = lines.get(device, 0) + 1
+            out.append((device, lines[device], record))
+        return out
+
+    def slots(self) -> list[queue.Slot]:
+        """This host's slots (device, runs at once)."""
+        return self.scheduler.slots()
+
     def active_runs(self) -> list[RunRecord]:
         """Runs whose process holds them (training or evaluating), oldest first."""
         return queue.held(self.workspace)

@@ -98,6 +98,16 @@ def wants(record: RunRecord, slot: Slot, gpus: int) -> bool:
     return not on_gpu  # mps and anything else: the host's own default device
 
 
+def waits_for(record: RunRecord, gpus: int) -> str:
+    """The device a queued run waits for: "cpu", "gpu" (any GPU) or one named GPU."""
+    device = str((record.config or {}).get("device", "auto"))
+    if device.startswith("cuda:"):
+        return device
+    if device == "cuda" or (device == "auto" and gpus > 0):
+        return "gpu"
+    return "cpu"
+
+
 def claim(
     workspace: Workspace, token: str, slots: Sequence[Slot], *, gpus: int = 0
 ) -> tuple[RunRecord, Slot] | None:

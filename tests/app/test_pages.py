@@ -424,7 +424,8 @@ def test_training_page_live_view_stop_and_queue(app_ws: Workspace) -> None:
     assert "Queued at position 1" in page
     assert at.button(key="cancel_run")
     queue = at.dataframe[-1].value
-    assert list(queue["Position"]) == ["running", "1"]
+    assert list(queue["Position"]) == ["training", "1"]
+    assert list(queue["Device"]) == ["cpu", "cpu"]
     at.button(key="cancel_run").click().run()
     assert_ok(at)
     assert app_ws.get_run(queued).status == RunStatus.STOPPED
