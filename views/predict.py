@@ -7,6 +7,7 @@ import io
 import pandas as pd
 import streamlit as st
 
+from finetune_core.data.errors import IngestError
 from finetune_core.data.images import UPLOAD_TYPES, ImageReadError, open_rgb
 from finetune_core.evaluation.predict import (
     Prediction,
@@ -18,7 +19,7 @@ from finetune_core.models.loaded import LoadedModel
 from finetune_core.runs import RunError
 from finetune_core.store import RunRecord
 from ui.components import error_box, esc, paginate, pick_run
-from ui.services import finished_runs_with_model, get_workspace, load_model, val_accuracy
+from ui.services import finished_runs_with_model, get_workspace, load_model, public, val_accuracy
 
 ws = get_workspace()
 IMAGE_TYPES = UPLOAD_TYPES
@@ -146,10 +147,12 @@ def run_batch(run: RunRecord, model: LoadedModel, batch: list) -> None:
     def on_progress(done: int, total: int) -> None:
         bar.progress(done / total if total else 1.0, text=f"{done:,} of {total:,} images")
 
-    try:
+    try:  # zip entries stream through files in the workspace's tmp/, one at a time
         results = predict_files(model, [(f.name, f.getvalue()) for f in batch], k=TOP_K,
-                                progress=on_progress)  # fmt: skip
-    except Exception as exc:  # a broken zip, mostly
+                                progress=on_progress, tmp_dir=ws.tmp_dir)  # fmt: skip
+    except IngestError as exc:  # a zip over a limit, damaged or unsafe: the reason is enough
+        st.error(esc(public(str(exc))), icon=":material/error:")
+    except Exception as exc:
         error_box(f"The images could not be read: {exc}", exc)
     else:
         st.session_state["batch_results"] = {"run": run.id, "results": results}

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from finetune_core.data.archive import IngestLimits, check_zip, open_zip
+from finetune_core.data.archive import Archive, ArchiveEntry, IngestLimits
+from finetune_core.data.csv_dialect import SAMPLE_CHARS, detect_dialect
 from finetune_core.data.errors import IngestError
 from finetune_core.data.layout import (
     REASON_NOT_IMAGE,
@@ -130,8 +131,7 @@ def _path_plan(path: Path, limits: IngestLimits, stack: contextlib.ExitStack) ->
     if suffix == ".csv":
         return csv_plan(path, None, limits)
     if suffix == ".zip" or zipfile.is_zipfile(path):
-        zf = stack.enter_context(open_zip(str(path), path.name))
-        return zip_plan(zf, path.name, limits)
+        return zip_plan(stack.enter_context(Archive(path, path.name, limits)))
     raise IngestError(
         f"{path.name} is not a supported source: give a .zip archive, a folder with one "
         "sub-folder per class, or a .csv with path and label columns."
@@ -175,22 +175,22 @@ def layout_plan(kind: str, description: str, entries: list[_Entry], skipped: lis
 
 
 # ----------------------------------------------------------------------------- zip
-def zip_plan(zf: zipfile.ZipFile, display: str, limits: IngestLimits) -> Plan:
-    entries = check_zip(zf, limits)
-    if not entries:
-        raise IngestError(f"The archive {display} is empty: it contains no files.")
+def zip_plan(archive: Archive) -> Plan:
+    """The plan of a checked archive; its entries are streamed by the pipeline (the
+    archive stays open while the plan is used)."""
+    if not archive.entries:
+        raise IngestError(f"The archive {archive.display} is empty: it contains no files.")
     skipped: list[Skipped] = []
-    images: list[tuple[tuple[str, ...], zipfile.ZipInfo]] = []
-    for parts, info in entries:
-        reason = ignore_reason(parts)
+    found: list[_Entry] = []
+    for entry in archive.entries:
+        reason = ignore_reason(entry.parts)
         if reason:
             skipped.append(reason)
         else:
-            images.append((parts, info))
-    if not images:
-        raise _no_images(display, skipped)
-    found = [_Entry(parts, _zip_opener(zf, info), info.file_size) for parts, info in images]
-    return layout_plan("zip", display, found, skipped)
+            found.append(_Entry(entry.parts, _zip_opener(archive, entry), entry.declared_size))
+    if not found:
+        raise _no_images(archive.display, skipped)
+    return layout_plan("zip", archive.display, found, skipped)
 
 
 # -------------------------------------------------------------------------- folder
@@ -243,8 +243,8 @@ def _folders_to_walk(
     return keep
 
 
-def _zip_opener(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[], IO[bytes]]:
-    return lambda: zf.open(info)
+def _zip_opener(archive: Archive, entry: ArchiveEntry) -> Callable[[], IO[bytes]]:
+    return lambda: archive.open(entry)
 
 
 def _file_opener(path: str | Path) -> Callable[[], IO[bytes]]:
@@ -335,15 +335,11 @@ def _no_csv_rows(csv_path: Path, root: Path, skipped: list[Skipped]) -> IngestEr
 def _read_csv(
     handle: io.TextIOBase, display: str, limits: IngestLimits
 ) -> list[tuple[int, str, str, str | None]]:
-    sample = handle.read(64 * 1024)
+    sample = handle.read(SAMPLE_CHARS)
     handle.seek(0)
     if not sample.strip():
         raise IngestError(f"{display} is empty. It needs a header row with path and label columns.")
-    try:
-        dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.reader(handle, dialect)
+    reader = csv.reader(handle, detect_dialect(sample))
     header = next(reader, None) or []
     columns = [h.strip().lower() for h in header]
 
@@ -396,8 +392,7 @@ def _uploads_plan(
         only = files[0]
         if not only.data:
             raise IngestError(f"The file {only.name} is empty (0 bytes). Upload it again.")
-        zf = stack.enter_context(open_zip(io.BytesIO(only.data), only.name))
-        plan = zip_plan(zf, only.name, limits)
+        plan = zip_plan(stack.enter_context(Archive(io.BytesIO(only.data), only.name, limits)))
         plan.kind = "upload"
         return plan
     if all(not f.data for f in files):

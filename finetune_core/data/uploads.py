@@ -12,13 +12,12 @@ import io
 import re
 import secrets
 import shutil
-import zipfile
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from finetune_core.data.archive import IngestLimits, check_zip, open_zip, safe_member_parts
+from finetune_core.data.archive import Archive, Budget, IngestLimits, safe_member_parts
+from finetune_core.data.csv_dialect import SAMPLE_CHARS, detect_dialect
 from finetune_core.data.errors import IngestError
 from finetune_core.data.sources import CSV_PATH_COLUMNS, CsvSource
 from finetune_core.fsutil import atomic_write_bytes
@@ -47,9 +46,11 @@ def stage_csv_upload(
     """Write the CSV and its images (single files, a folder upload or zips) to a new folder.
 
     The images folder is the one under which most paths listed in the CSV exist: the
-    staging root, or the single top folder of a folder upload or zip.
+    staging root, or the single top folder of a folder upload or zip. Zip entries are
+    streamed to disk in chunks under one byte budget for the whole upload (by default
+    sized to the disk of ``tmp_dir``); when a limit trips, the folder is removed.
     """
-    limits = limits or IngestLimits()
+    limits = limits or IngestLimits.for_dir(tmp_dir)
     if not csv_data.strip():
         raise IngestError(
             f"{csv_name} is empty. It needs a header row with path and label columns."
@@ -61,14 +62,14 @@ def stage_csv_upload(
     try:
         images.mkdir(parents=True)
         written: list[tuple[str, ...]] = []
-        budget = [limits.max_total_bytes]
+        budget = Budget(limits)
         for name, data in files:
             if name.lower().endswith(".zip"):
                 written += _extract_zip(name, data, images, limits, budget)
             else:
                 parts = safe_member_parts(name)
                 if parts:
-                    _spend(budget, len(data), limits)
+                    budget.spend(len(data))
                     _write(images, parts, data)
                     written.append(parts)
         if not written:
@@ -88,33 +89,15 @@ def _write(root: Path, parts: tuple[str, ...], data: bytes) -> None:
     target.write_bytes(data)
 
 
-def _spend(budget: list[int], size: int, limits: IngestLimits) -> None:
-    """Count ``size`` bytes against the upload's total; IngestError above the limit."""
-    budget[0] -= size
-    if budget[0] < 0:
-        raise IngestError(
-            f"The upload expands to more than {limits.max_total_bytes:,} bytes, above the limit; "
-            "nothing was imported. Upload a smaller dataset or raise the limit."
-        )
-
-
 def _extract_zip(
-    name: str, data: bytes, root: Path, limits: IngestLimits, budget: list[int]
+    name: str, data: bytes, root: Path, limits: IngestLimits, budget: Budget
 ) -> list[tuple[str, ...]]:
+    """Stream every file of the zip to ``root`` (the archive's own paths, checked safe)."""
     out = []
-    with open_zip(io.BytesIO(data), name) as zf:
-        for parts, info in check_zip(zf, limits):
-            _spend(budget, info.file_size, limits)
-            try:
-                with zf.open(info) as handle:
-                    content = handle.read()
-            except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
-                raise IngestError(
-                    f"The entry {info.filename!r} of {name} is damaged ({exc}); nothing was "
-                    "imported. Re-create the zip and upload it again."
-                ) from exc
-            _write(root, parts, content)
-            out.append(parts)
+    with Archive(io.BytesIO(data), name, limits, budget) as archive:
+        for entry in archive.entries:
+            archive.extract(entry, root.joinpath(*entry.parts))
+            out.append(entry.parts)
     return out
 
 
@@ -124,23 +107,20 @@ def csv_paths(csv_data: bytes, limit: int = 200) -> list[str]:
         text = csv_data.decode("utf-8-sig")
     except UnicodeDecodeError:
         return []  # the ingest explains the encoding problem
+    reader = csv.reader(io.StringIO(text, newline=""), detect_dialect(text[:SAMPLE_CHARS]))
+    out: list[str] = []
     try:
-        dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(
-            text[:65536], delimiters=",;\t"
-        )
+        header = [h.strip().lower() for h in next(reader, [])]
+        column = next((header.index(c) for c in CSV_PATH_COLUMNS if c in header), None)
+        if column is None:
+            return []
+        for row in reader:
+            if column < len(row) and row[column].strip():
+                out.append(row[column].strip().replace("\\", "/"))
+                if len(out) >= limit:
+                    break
     except csv.Error:
-        dialect = csv.excel
-    reader = csv.reader(io.StringIO(text), dialect)
-    header = [h.strip().lower() for h in next(reader, [])]
-    column = next((header.index(c) for c in CSV_PATH_COLUMNS if c in header), None)
-    if column is None:
-        return []
-    out = []
-    for row in reader:
-        if column < len(row) and row[column].strip():
-            out.append(row[column].strip().replace("\\", "/"))
-            if len(out) >= limit:
-                break
+        pass  # the ingest explains what is wrong with the CSV
     return out
 
 

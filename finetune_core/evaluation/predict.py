@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from finetune_core.data.archive import IngestLimits, check_zip, open_zip
+from finetune_core.data.archive import Archive, Budget, IngestLimits
 from finetune_core.data.augment import normalize
 from finetune_core.data.images import IMAGE_EXTENSIONS, ImageReadError, ImageSource
 from finetune_core.data.layout import ignore_reason
@@ -48,23 +50,67 @@ def top_k(probs: np.ndarray, class_names: Sequence[str], k: int = 5) -> list[tup
     return [(class_names[i], float(probs[i])) for i in order]
 
 
-def iter_images(
-    files: Sequence[tuple[str, bytes]], limits: IngestLimits | None = None
-) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of every image among uploads; zips are opened safely and walked.
+def _is_zip(name: str) -> bool:
+    return name.lower().endswith(".zip")
 
+
+def count_images(files: Sequence[tuple[str, bytes]], limits: IngestLimits | None = None) -> int:
+    """How many images :func:`iter_images` will yield (zips: from their checked directory)."""
+    limits = limits or IngestLimits()
+    total = 0
+    for name, data in files:
+        if _is_zip(name):
+            with Archive(io.BytesIO(data), name, limits) as archive:
+                total += sum(1 for entry in archive.entries if _wanted(entry.parts))
+        elif _wanted(_parts(name)):
+            total += 1
+    return total
+
+
+def iter_images(
+    files: Sequence[tuple[str, bytes]],
+    limits: IngestLimits | None = None,
+    tmp_dir: str | os.PathLike | None = None,
+) -> Iterator[tuple[str, bytes | Path]]:
+    """(name, bytes or path) of every image among uploads: single images as they came,
+    the images of a zip through the archive reader, one at a time in a temporary file
+    under ``tmp_dir`` that is removed when the next item is asked for.
+
+    No entry is ever held in memory, and every zip of the upload spends one byte budget.
     System clutter (``__MACOSX``, hidden files) and non-image names are skipped.
     """
-    limits = limits or IngestLimits()
+    limits = limits or (IngestLimits.for_dir(tmp_dir) if tmp_dir else IngestLimits())
+    budget = Budget(limits)
     for name, data in files:
-        if name.lower().endswith(".zip"):
-            with open_zip(io.BytesIO(data), name) as zf:
-                for parts, info in check_zip(zf, limits):
-                    if _wanted(parts):
-                        with zf.open(info) as handle:
-                            yield "/".join(parts), handle.read()
-        elif _wanted(tuple(PurePosixPath(name.replace("\\", "/")).parts)):
+        if _is_zip(name):
+            yield from _zip_images(name, data, limits, budget, tmp_dir)
+        elif _wanted(_parts(name)):
             yield name, data
+
+
+def _zip_images(
+    name: str,
+    data: bytes,
+    limits: IngestLimits,
+    budget: Budget,
+    tmp_dir: str | os.PathLike | None,
+) -> Iterator[tuple[str, Path]]:
+    with (
+        Archive(io.BytesIO(data), name, limits, budget) as archive,
+        tempfile.TemporaryDirectory(prefix="predict-", dir=tmp_dir) as folder,
+    ):
+        for index, entry in enumerate(e for e in archive.entries if _wanted(e.parts)):
+            # The entry's own name never becomes a path: only its extension is kept.
+            path = Path(folder, f"{index:06d}{PurePosixPath(entry.parts[-1]).suffix.lower()}")
+            archive.extract(entry, path)
+            try:
+                yield entry.name, path
+            finally:
+                path.unlink(missing_ok=True)
+
+
+def _parts(name: str) -> tuple[str, ...]:
+    return tuple(PurePosixPath(name.replace("\\", "/")).parts)
 
 
 def _wanted(parts: tuple[str, ...]) -> bool:
@@ -79,11 +125,16 @@ def predict_files(
     *,
     k: int = 5,
     progress: Callable[[int, int], None] | None = None,
+    limits: IngestLimits | None = None,
+    tmp_dir: str | os.PathLike | None = None,
 ) -> list[Prediction]:
     """Predict every image in ``files`` (images or zips), in batches; unreadable files get
-    an ``error`` instead of stopping the batch."""
-    items = list(iter_images(files))
-    return list(predict_stream(model, items, k=k, progress=progress, total=len(items)))
+    an ``error`` instead of stopping the batch. Zip entries are streamed through a
+    temporary file each (see :func:`iter_images`); a zip over a limit raises IngestError."""
+    limits = limits or (IngestLimits.for_dir(tmp_dir) if tmp_dir else IngestLimits())
+    total = count_images(files, limits)
+    items = iter_images(files, limits, tmp_dir)
+    return list(predict_stream(model, items, k=k, progress=progress, total=total))
 
 
 def predict_stream(
