@@ -176,6 +176,9 @@ def test_warm_start_checks_the_source_fits_before_queueing(
     with pytest.raises(LineageError, match="with triangle that this dataset does not have"):
         lineage.warm_start_config(ws, parent_id, tiny(two.id))
     busy = add_run(ws, tiny(ds.id), status=RunStatus.RUNNING)
+    assert [r.id for r in lineage.warm_start_sources(ws, "resnet18", ds.id)] == [parent_id]
+    assert lineage.warm_start_sources(ws, "resnet18", two.id) == []  # other classes
+    assert lineage.warm_start_sources(ws, "mobilenet_v3_small", ds.id) == []
     with pytest.raises(LineageError, match="still running: start from it once it has finished"):
         lineage.warm_start_config(ws, busy, tiny(ds.id))
     manager = JobManager(ws, start=False)
