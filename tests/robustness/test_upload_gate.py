@@ -28,7 +28,15 @@ import pytest
 import streamlit
 import tomllib
 
-from tests.helpers.processes import ROOT, free_port, server_log, stop_app
+from tests.helpers.processes import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    NEEDS_CHROMIUM,
+    ROOT,
+    free_port,
+    server_log,
+    stop_app,
+)
 from ui import upload_gate
 
 PASSWORD = "s3cret-gate"
@@ -299,6 +307,38 @@ def test_an_allowed_session_uploads_and_all_uploads_together_stay_in_the_budget(
     assert first[0] == 204 and first[1] == 8 * 2**20, first
     assert held - before > 6, (before, held)  # the file is kept in memory
     assert second[0] == 413, second
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+@NEEDS_CHROMIUM
+def test_a_browser_let_through_the_sign_in_gate_uploads_through_the_gate(tmp_path: Path) -> None:
+    """The browser's own upload (its XSRF header, its session) passes the gate and the
+    script reads every byte; the server holds the file until the browser removes it."""
+    from playwright.sync_api import sync_playwright
+
+    script = tmp_path / "gate_app.py"
+    script.write_text(GATE_APP)
+    data = bytes(range(256)) * (3 * 2**12)  # 3 MB
+    upload = tmp_path / "three.zip"
+    upload.write_bytes(data)
+    proc, port = start_script(script, tmp_path / "ws", {})
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector('[data-testid="stFileUploader"]', timeout=60_000)
+            before = rss_mb(proc.pid)
+            page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+                str(upload)
+            )
+            page.get_by_text(f"received {len(data)} bytes").wait_for(timeout=60_000)
+            held = rss_mb(proc.pid)
+            browser.close()
+    finally:
+        stop_app(proc)
+    print(f"\n[browser] 3 MB upload through the gate: RSS {before:.0f} -> {held:.0f} MB")
 
 
 # --------------------------------------------------------------------------- the rule
