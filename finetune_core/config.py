@@ -139,8 +139,26 @@ class RunConfig:
             found.setdefault(name, []).append(message)
         return found
 
+    def field_problems(self) -> dict[str, list[str]]:
+        """The problems of single fields' own values (outside their range or options, of
+        the wrong type, bad text), leaving out the rules between fields."""
+        found: dict[str, list[str]] = {}
+        for name, message in self._own_checks():
+            found.setdefault(name, []).append(message)
+        return found
+
     def _checks(self) -> list[tuple[str, str]]:
         """(field to change, problem) pairs in a stable order."""
+        out = self._own_checks()
+        for name, is_problem, message in _RULES:
+            if name not in {n for n, _ in out} and _safely(is_problem, self):
+                out.append((name, message.format(value=_shown(getattr(self, name)))))
+        for more in (_scale_out_checks, _multiplier_checks):
+            with contextlib.suppress(TypeError):  # a mistyped field: its own check says so
+                out.extend(more(self))
+        return out
+
+    def _own_checks(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
         for name, options in _CHOICES:
             value = getattr(self, name)
@@ -153,12 +171,6 @@ class RunConfig:
             if problem:
                 out.append((name, problem))
         out.extend(_text_checks(self))
-        for name, is_problem, message in _RULES:
-            if name not in {n for n, _ in out} and _safely(is_problem, self):
-                out.append((name, message.format(value=_shown(getattr(self, name)))))
-        for more in (_scale_out_checks, _multiplier_checks):
-            with contextlib.suppress(TypeError):  # a mistyped field: its own check says so
-                out.extend(more(self))
         return out
 
     def validate(self) -> RunConfig:

@@ -8,7 +8,7 @@ form while another page is open), so each widget is seeded from the dict and wri
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,19 +18,23 @@ import streamlit as st
 from finetune_core.config import (
     AUGMENTATIONS,
     BEST_METRICS,
+    BOUNDS,
     CLASS_BALANCE,
     OPTIMIZERS,
     PRECISIONS,
     SCHEDULES,
     STRATEGIES,
+    ConfigError,
     RunConfig,
 )
 from finetune_core.data.uploads import save_weights_upload
 from finetune_core.jobs import launcher
 from finetune_core.models.weights_check import WeightsReport, inspect_weights
 from finetune_core.presets import PRESETS_BY_KEY, preset_of
-from ui.components import esc
-from ui.services import public, uploads_dir
+from finetune_core.resources import cache_problems
+from finetune_core.store import RunRecord
+from ui.components import esc, fmt_pct
+from ui.services import architectures, finished_runs_with_model, public, uploads_dir, val_accuracy
 
 DEFAULTS = RunConfig()
 # Form-only values: "Largest that fits" stands for batch_size="auto"; the weights radio
@@ -104,8 +108,52 @@ def on_preset_change() -> None:
         apply_preset_values(chosen)
 
 
+def limits(name: str) -> tuple[Any, Any]:
+    """A number widget's (min, max): the config's own range, so every value that passes
+    the config's checks is shown as it is and submitted as shown."""
+    bound = BOUNDS[name]
+    kind = int if isinstance(getattr(DEFAULTS, name), int) else float
+    return kind(bound.low), kind(bound.high)
+
+
+def load_problems(config: RunConfig) -> list[str]:
+    """Why the form cannot show ``config`` exactly (a value outside a widget's range or
+    options, a model or device count this page does not offer); [] when it can."""
+    own = config.field_problems()
+    found = [m for name in FIELDS for m in own.get(name, [])]
+    models = {a.name for a in architectures()} | {"custom"}
+    if config.model and config.model not in models:
+        found.append(f"model {config.model!r} is not offered on this server.")
+    gpus = launcher.visible_gpus()
+    if config.devices not in launcher.device_count_options(gpus) and "devices" not in own:
+        found.append(f"devices={config.devices}: this server shows {gpus} GPU(s), so the Setup "
+                     "page starts one process; use the command line for CPU worker "
+                     "processes.")  # fmt: skip
+    if config.nodes != 1 and "nodes" not in own:
+        found.append(f"nodes={config.nodes}: runs on several machines start from the command "
+                     "line (torchrun), not from this page.")  # fmt: skip
+    return found
+
+
+def loadable(config: RunConfig) -> RunConfig:
+    """``config``, or ConfigError listing why the form cannot show it exactly."""
+    problems = load_problems(config)
+    if problems:
+        raise ConfigError("These settings were not loaded (nothing changed); fix them in the "
+                          "file and load it again:\n- " + "\n- ".join(problems))  # fmt: skip
+    return config
+
+
+def problem_list(message: str) -> str:
+    """A ConfigError's message as escaped markdown: its first line, then one item a line."""
+    first, *items = public(message).split("\n")
+    return "\n".join([esc(first), *(f"- {esc(item.removeprefix('- '))}" for item in items)])
+
+
 def apply_config(config: RunConfig) -> None:
-    """Load every field from a config (runs before any widget is drawn)."""
+    """Load every field from a config (runs before any widget is drawn); ConfigError,
+    with nothing changed, when the form could not show it exactly."""
+    loadable(config)
     for name in FIELDS:
         put(name, getattr(config, name))
     auto = isinstance(config.batch_size, str)
@@ -113,6 +161,11 @@ def apply_config(config: RunConfig) -> None:
     put("batch_size", DEFAULTS.batch_size if auto else config.batch_size)
     if config.weights in ("imagenet", "none"):
         put("weights_source", config.weights)
+    elif config.weights:  # a file of the server: never loaded from a config
+        st.session_state["setup_load_notes"] = [
+            f"The weights file {Path(config.weights).name!r} was not loaded with the settings: "
+            "choose the weights under Model (upload the file again)."
+        ]
     st.session_state["setup_preset_value"] = preset_of(config)
     st.session_state["setup_preset"] = preset_of(config)
 
@@ -146,7 +199,10 @@ def start() -> None:
     run was started, or a preset from the URL."""
     store()
     if pending := st.session_state.pop("setup_pending_config", None):
-        apply_config(RunConfig.from_dict(pending))
+        try:
+            apply_config(RunConfig.from_dict(pending))
+        except ConfigError as exc:
+            st.session_state["setup_load_error"] = str(exc)
     if st.session_state.pop("setup_fresh_identity", False):
         put("name", "")
         put("notes", "")
@@ -189,10 +245,24 @@ class FormProblems:
             self.shown.add(name)
 
     def widget(self, draw: Callable[..., Any], label: str, name: str, *args: Any, **kw: Any) -> Any:
-        """Draw a widget bound to the form value ``name``, its problems right below it."""
+        """Draw a widget bound to the form value ``name``, its problems right below it.
+
+        Should the widget show another value than the form holds (Streamlit resets a value
+        outside a widget's range to its minimum), the shown one becomes the form's and
+        Start waits for the next rerun: the page never submits what it does not show."""
         value = draw(label, *args, **bind(name), **kw)
+        if value != val(name):
+            self.by_field.setdefault(name, []).append(
+                f"{name} was {val(name)!r}, which this field cannot show; it is now {value!r}: "
+                "check it before starting."
+            )
+            store()[name] = value
         self.show(name)
         return value
+
+    def number(self, label: str, name: str, **kw: Any) -> Any:
+        """A number widget limited to the config's range for ``name``."""
+        return self.widget(st.number_input, label, name, *limits(name), **kw)
 
     def unshown(self) -> list[str]:
         """Problems of fields that have no widget on the page right now."""
@@ -200,11 +270,27 @@ class FormProblems:
 
 
 def check(
-    config: RunConfig, source: str, weights: str | None, unavailable: str | None = None
+    config: RunConfig,
+    source: str,
+    weights: str | None,
+    unavailable: str | None = None,
+    *,
+    train_images: int = 0,
+    cached_images: int = 0,
+    start_runs: Sequence[RunRecord] = (),
 ) -> FormProblems:
-    """The config's problems; an upload still missing, or weights that cannot load here
+    """The config's problems, the caches it would make on this dataset, and a start run
+    not among ``start_runs``; an upload still missing, or weights that cannot load here
     (``unavailable``: not cached and not downloadable), replace the weights' own problem."""
     by_field = config.problems_by_field()
+    for name, message in cache_problems(
+        train_images=train_images, cached_images=cached_images, image_size=config.image_size,
+        views=config.probe_views, probe=config.strategy == "probe",
+    ):  # fmt: skip
+        by_field.setdefault(name, []).append(message)
+    if config.init_from and config.init_from not in {r.id for r in start_runs}:
+        by_field["init_from"] = [f"{esc(public(config.init_from))} is not a finished run of this "
+                                 "dataset with a saved model: choose another or none."]  # fmt: skip
     if weights is None and source in MISSING_WEIGHTS:
         by_field["weights"] = [MISSING_WEIGHTS[source]]
     if unavailable:
@@ -286,23 +372,23 @@ def layers_column(problems: FormProblems) -> None:
                     help="Which layers train. Presets set this for you.")  # fmt: skip
     strategy = val("strategy")
     if strategy == "finetune":
-        problems.widget(st.number_input, "Frozen epochs", "freeze_epochs", 0, 1000,
+        problems.number("Frozen epochs", "freeze_epochs",
                         help="Epochs that train only the new head before the backbone "
                         "unfreezes.")  # fmt: skip
     if strategy == "last_n":
-        problems.widget(st.number_input, "Layer groups to train", "last_n_groups", 1, 20,
+        problems.number("Layer groups to train", "last_n_groups",
                         help="Counted from the output; the head is one group.")  # fmt: skip
     if strategy == "probe":
-        problems.widget(st.number_input, "Augmented views per image", "probe_views", 1, 32,
+        problems.number("Augmented views per image", "probe_views",
                         help="A probe caches features once; more views add augmented copies "
                         "to the cache (slower start, sometimes better accuracy).")  # fmt: skip
-    problems.widget(st.number_input, "Discriminative LR factor", "lr_mult", 1.0, 1e6,
+    problems.number("Discriminative LR factor", "lr_mult",
                     help="The first layer group trains at learning rate / this factor, the "
                     "head at the full rate (fine-tune and last-N).")  # fmt: skip
     problems.widget(st.selectbox, "Augmentation", "augmentation", AUGMENTATIONS,
                     help="Random crops, flips, rotations and colour changes on the training "
                     "images; see the preview below.")  # fmt: skip
-    problems.widget(st.number_input, "Dropout before the head", "dropout", 0.0, 0.95,
+    problems.number("Dropout before the head", "dropout",
                     step=0.05, help="Regularises the new classification layer.")  # fmt: skip
 
 
@@ -310,20 +396,20 @@ def optimizer_column(problems: FormProblems) -> None:
     problems.widget(st.selectbox, "Optimizer", "optimizer", OPTIMIZERS,
                     help="AdamW is robust; SGD with momentum can generalise better.")  # fmt: skip
     if val("optimizer") == "sgd":
-        problems.widget(st.number_input, "Momentum", "momentum", 0.0, 0.999, step=0.01)
-    problems.widget(st.number_input, "Weight decay", "weight_decay", 0.0, 1.0, step=0.005,
+        problems.number("Momentum", "momentum", step=0.01)
+    problems.number("Weight decay", "weight_decay", step=0.005,
                     format="%.4f", help="L2-style regularisation on the weights.")  # fmt: skip
     problems.widget(st.selectbox, "Schedule", "schedule", SCHEDULES,
                     help="One-cycle warms up then anneals (fastai's default); cosine anneals "
                     "from the start; constant keeps the rate.")  # fmt: skip
-    problems.widget(st.number_input, "Warm-up share", "warmup_pct", 0.0, 0.95, step=0.05,
+    problems.number("Warm-up share", "warmup_pct", step=0.05,
                     help="Fraction of steps spent warming up (one-cycle).")  # fmt: skip
-    problems.widget(st.number_input, "Label smoothing", "label_smoothing", 0.0, 0.95,
+    problems.number("Label smoothing", "label_smoothing",
                     step=0.05, help="Softens the targets; helps with noisy labels.")  # fmt: skip
     problems.widget(st.selectbox, "Class balance", "class_balance", CLASS_BALANCE,
                     help="For imbalanced classes: weight the loss by class frequency, or "
                     "sample classes equally.")  # fmt: skip
-    problems.widget(st.number_input, "Gradient clipping (0 = off)", "grad_clip", 0.0, 1000.0,
+    problems.number("Gradient clipping (0 = off)", "grad_clip",
                     step=0.5, help="Caps the gradient norm; guards against loss spikes.")  # fmt: skip
 
 
@@ -338,8 +424,8 @@ def run_column(problems: FormProblems) -> None:
                 "learning rate has come down from its peak; the best epoch's model is kept "
                 "either way.")  # fmt: skip
     if val("early_stopping"):
-        problems.widget(st.number_input, "Patience (epochs)", "es_patience", 1, 1000)
-        problems.widget(st.number_input, "Minimum improvement", "es_min_delta", 0.0, 10.0,
+        problems.number("Patience (epochs)", "es_patience")
+        problems.number("Minimum improvement", "es_min_delta",
                         step=0.001, format="%.4f")  # fmt: skip
     problems.widget(st.selectbox, "Mixed precision", "mixed_precision", PRECISIONS,
                     help="auto: bf16/fp16 where the device runs it fast and accurately; off: "
@@ -353,6 +439,37 @@ def run_column(problems: FormProblems) -> None:
                         help=f"{gpus} GPUs are visible. More than 1 launches torchrun with one "
                         "process per GPU (DistributedDataParallel); the batch size is the "
                         "global batch.")  # fmt: skip
-    problems.widget(st.number_input, "CPU threads (0 = all)", "num_threads", 0, 1024)
-    problems.widget(st.number_input, "Seed", "seed", 0, 2**31 - 1,
+    problems.number("CPU threads (0 = all)", "num_threads")
+    problems.number("Seed", "seed",
                     help="Same seed, data and settings: the same run.")  # fmt: skip
+
+
+# ----------------------------------------------------------------- start from a run
+def start_runs(dataset_id: str) -> list[RunRecord]:
+    """Finished runs of this dataset with a saved model: what a new run can start from."""
+    return [r for r in finished_runs_with_model() if r.dataset_id == dataset_id]
+
+
+def start_from_picker(problems: FormProblems, runs: Sequence[RunRecord]) -> None:
+    """'Start from run': a finished run whose best weights initialise the model
+    (``init_from``), none by default; its model and validation accuracy beside it."""
+    by_id = {r.id: r for r in runs}
+    options = ["", *by_id]
+    if val("init_from") not in options:  # from a loaded config: shown, with its problem
+        options.append(val("init_from"))
+
+    def label(run_id: str) -> str:
+        run = by_id.get(run_id)
+        if not run_id:
+            return "none (the weights chosen above)"
+        return f"{run.name or run.model} · {run.id}" if run else public(run_id)
+
+    pick, about = st.columns([1, 2], vertical_alignment="bottom")
+    with pick:
+        problems.widget(st.selectbox, "Start from run", "init_from", options, format_func=label,
+                        help="A finished run of this dataset whose best weights initialise "
+                        "the model instead of the weights chosen above.")  # fmt: skip
+    chosen = by_id.get(val("init_from"))
+    if chosen is not None:
+        about.caption(f"{esc(chosen.model)} · {esc(chosen.strategy)} · validation accuracy "
+                      f"{fmt_pct(val_accuracy(chosen))}")  # fmt: skip

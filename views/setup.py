@@ -238,22 +238,22 @@ def training_section(problems: FormProblems) -> None:
     st.subheader("Training")
     c1, c2, c3, c4 = st.columns(4)
     with c1:
-        problems.widget(st.number_input, "Epochs", "epochs", 1, 1000,
+        problems.number("Epochs", "epochs",
                         help="Passes over the training images. Early stopping may end the "
                         "run sooner.")  # fmt: skip
     with c2:
-        problems.widget(st.number_input, "Image size (px)", "image_size", 16, 1024, step=16,
+        problems.number("Image size (px)", "image_size", step=16,
                         help="Images are resized and centre-cropped to this square. 224 "
                         "matches ImageNet; smaller is much faster on a CPU.")  # fmt: skip
     with c3:
-        problems.widget(st.number_input, "Batch size", "batch_size", 1, 4096,
+        problems.number("Batch size", "batch_size",
                         disabled=val("batch_auto"),
                         help="Images per step. Larger is faster on a GPU until memory runs "
                         "out.")  # fmt: skip
         st.checkbox("Largest that fits (auto)", **bind("batch_auto"),
                     help="Probe the device memory and pick the largest batch that fits.")  # fmt: skip
     with c4:
-        problems.widget(st.number_input, "Learning rate", "lr", 1e-7, 5.0, step=1e-4,
+        problems.number("Learning rate", "lr", step=1e-4,
                         format="%.2e", help="The peak learning rate. The LR finder below "
                         "suggests one for your data.")  # fmt: skip
 
@@ -264,17 +264,17 @@ def config_upload() -> None:
                               key="config_upload")  # fmt: skip
     if loaded is None or st.session_state.get("config_loaded") == loaded.file_id:
         return
-    try:
-        uploaded = RunConfig.from_json(loaded.getvalue().decode("utf-8", "replace"))
+    try:  # refused here, while the file is shown, when the form could not show it exactly
+        uploaded = form.loadable(RunConfig.from_json(loaded.getvalue().decode("utf-8", "replace")))
     except ConfigError as exc:
-        st.error(esc(public(str(exc))))
+        st.error(form.problem_list(str(exc)), icon=":material/error:")
         return
     st.session_state["config_loaded"] = loaded.file_id
     form.queue_config(uploaded)
     st.rerun()
 
 
-def advanced_section(problems: FormProblems) -> None:
+def advanced_section(problems: FormProblems, start_runs: list) -> None:
     with st.expander("Advanced settings", icon=":material/settings:"):
         a1, a2, a3 = st.columns(3)
         with a1:
@@ -283,6 +283,7 @@ def advanced_section(problems: FormProblems) -> None:
             form.optimizer_column(problems)
         with a3:
             form.run_column(problems)
+        form.start_from_picker(problems, start_runs)
         n1, n2 = st.columns([1, 2])
         n1.text_input("Run name", **bind("name"),
                       placeholder=f"{val('model')} {val('strategy')}")  # fmt: skip
@@ -442,6 +443,10 @@ def start_section(
 def main() -> None:
     st.title("Setup")
     form.start()
+    if refused := st.session_state.pop("setup_load_error", None):
+        st.error(form.problem_list(refused), icon=":material/error:")
+    for note in st.session_state.pop("setup_load_notes", []):
+        st.warning(esc(note), icon=":material/info:")
     dataset = dataset_section()
     info = device_info()
     recipe_section()
@@ -453,13 +458,18 @@ def main() -> None:
     except ConfigError as exc:
         error_box(str(exc), exc)
         st.stop()
-    problems = form.check(config, source, weights, unavailable)
+    start_runs = form.start_runs(dataset.id)
+    train_images = len(dataset.rows("train"))
+    problems = form.check(
+        config, source, weights, unavailable, train_images=train_images,
+        cached_images=train_images + len(dataset.rows("val")), start_runs=start_runs,
+    )  # fmt: skip
     # A fixed slot: its messages come and go without shifting the sections below, which
     # would draw the Advanced settings expander anew, closed, while the user works in it.
     with st.container():
         problems.show("model", "weights")
     training_section(problems)
-    advanced_section(problems)
+    advanced_section(problems, start_runs)
     preview_section(dataset, config)
     lr_finder_section(dataset, config, problems)
     start_section(dataset, config, problems, info)
