@@ -10,7 +10,14 @@ from pathlib import Path
 import streamlit as st
 
 from finetune_core.auth.access import can_start
-from finetune_core.data import IngestError, ServerPath, SplitSpec, UploadedFile, ingest
+from finetune_core.data import (
+    IngestError,
+    IngestLimits,
+    ServerPath,
+    SplitSpec,
+    UploadedFile,
+    ingest,
+)
 from finetune_core.data.images import UPLOAD_TYPES
 from finetune_core.data.split import HOLDOUT_DEFAULT, HOLDOUT_MAX
 from finetune_core.data.uploads import stage_csv_upload
@@ -28,13 +35,15 @@ def run_ingest(source: object, name: str, split: SplitSpec) -> None:
             bar.progress(min(1.0, fraction), text=f"{done:,} / {total:,} files · {esc(message)}")
 
         try:
+            workspace = get_workspace()
             result = ingest(
-                get_workspace(),
+                workspace,
                 source,
                 name=name,
                 creator=current_user(),
                 split=split,
                 progress=progress,
+                limits=IngestLimits.for_dir(workspace.root),  # the budget of this disk
             )
         except IngestError as exc:
             status.update(label="Import failed", state="error", expanded=True)
@@ -246,6 +255,13 @@ def csv_tab(name: str, split: SplitSpec) -> None:
             )
         except IngestError as exc:
             st.error(esc(public(str(exc))), icon=":material/error:")
+            return
+        except OSError as exc:  # the staging folder was removed; say why, not a traceback
+            st.error(
+                esc(public(f"The upload could not be written: {exc.strerror or exc}. "
+                           "Check free disk space, then try again.")),
+                icon=":material/error:",
+            )  # fmt: skip
             return
         try:
             run_ingest(staged.source, name.strip() or default_name(csv_file.name), split)

@@ -99,7 +99,7 @@ class IngestLimits:
 
     max_files: int = 500_000  # entries in an archive / files in a folder
     max_total_bytes: int = field(default_factory=server_budget)  # one upload, uncompressed
-    max_ratio: float = 200.0  # uncompressed / compressed, per archive entry
+    max_ratio: float = 200.0  # per entry, uncompressed / compressed (or the archive's, if higher)
     max_archive_ratio: float = field(default_factory=server_ratio)  # the whole archive
     ratio_min_bytes: int = 64 * 1024  # entries (archives) expanding to less: no ratio check
     max_pixels: int = DEFAULT_MAX_PIXELS  # per image; larger is a decompression bomb
@@ -248,11 +248,13 @@ def _checked_entry(info: zipfile.ZipInfo) -> tuple[str, ...] | None:
 
 def _check_entry_ratio(info: zipfile.ZipInfo, limits: IngestLimits) -> None:
     declared, packed = info.file_size, max(info.compress_size, 1)
-    if declared > limits.ratio_min_bytes and declared > limits.max_ratio * packed:
+    cap = max(limits.max_ratio, limits.max_archive_ratio)  # raising the archive's raises this
+    if declared > limits.ratio_min_bytes and declared > cap * packed:
         raise IngestError(
             f"The archive entry {info.filename!r} expands {declared / packed:,.0f} times "
             f"({declared:,} bytes from {packed:,}), typical of a zip bomb; nothing was "
-            f"extracted. Entries may expand at most {limits.max_ratio:,.0f} times."
+            f"extracted. Entries may expand at most {cap:,.0f} times; if your images really "
+            f"compress that much, an admin can raise {ENV_MAX_RATIO} in the server's environment."
         )
 
 

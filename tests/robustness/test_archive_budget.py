@@ -32,6 +32,7 @@ from finetune_core.data.uploads import stage_csv_upload
 from finetune_core.evaluation.predict import iter_images, predict_files
 from finetune_core.models.loaded import LoadedModel
 from finetune_core.store import Workspace
+from tests.app.test_pages import app_ws, assert_ok, open_page, texts  # noqa: F401 - fixture
 from tests.helpers.data_files import assert_nothing_registered, image_bytes
 
 MiB = 2**20
@@ -319,3 +320,30 @@ def test_csv_staging_streams_entries_in_chunks(workspace: Workspace) -> None:
         assert peak < 8 * MiB  # a few chunks in flight; v1 read the entry whole: 16 MiB, twice
     finally:
         staged.cleanup()
+
+
+# ------------------------------------------------------------------- the Data page
+def test_data_page_says_which_limit_tripped(
+    app_ws: Workspace,  # noqa: F811 - fixture
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    at = open_page("data")
+    at.file_uploader(key="import_zip").set_value(
+        [("bomb.zip", small_entries_bomb(), "application/zip")]
+    )
+    at.run()
+    at.button(key="import_zip_go").click().run()
+    assert_ok(at)
+    assert "typical of a zip bomb; nothing was extracted" in texts(at)
+
+    monkeypatch.setenv("FINETUNE_MAX_ARCHIVE_BYTES", "4M")
+    big = zip_of({**real_images(), **{f"a/big_{i}.bmp": low_ratio(i) for i in range(6)}})
+    at.file_uploader(key="import_csv").set_value(
+        [("l.csv", b"path,label\na/real_0.jpg,a\n", "text/csv")]
+    )
+    at.file_uploader(key="import_csv_images").set_value([("imgs.zip", big, "application/zip")])
+    at.run()
+    at.button(key="import_csv_go").click().run()
+    assert_ok(at)
+    assert "above the limit" in texts(at) and "FINETUNE_MAX_ARCHIVE_BYTES" in texts(at)
+    assert app_ws.list_datasets() == [] and list(app_ws.tmp_dir.iterdir()) == []
