@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from ui import upload_gate
 from ui.auth import require_login, sidebar_user_box, signed_in
 from ui.services import get_job_manager
 
@@ -17,6 +18,7 @@ PAGES = [
     st.Page("views/evaluation.py", title="Evaluation", icon=":material/analytics:"),
     st.Page("views/predict.py", title="Predict", icon=":material/image_search:"),
     st.Page("views/runs.py", title="Runs", icon=":material/list:"),
+    st.Page("views/admin.py", title="Users", icon=":material/manage_accounts:"),
 ]
 
 
@@ -43,8 +45,13 @@ def job_badge() -> None:
 
 # Navigation is built before the sign-in gate so a shared link (/training?run=...) keeps
 # its page through the sign-in; its menu stays hidden until someone is signed in.
-navigation = st.navigation(PAGES, position="sidebar" if signed_in() else "hidden")
+upload_gate.install()  # no upload byte is kept for a session that has not signed in
+allowed = signed_in()
+navigation = st.navigation(PAGES, position="sidebar" if allowed else "hidden")
+if not allowed:
+    upload_gate.revoke_session()
 user = require_login()  # stops here with a sign-in screen until someone is signed in
+upload_gate.allow_session()
 job_badge()
 sidebar_user_box(user)
 navigation.run()

@@ -35,7 +35,7 @@ from ui.components import (
     run_label,
     thumbnail_grid,
 )
-from ui.services import activation_pngs, get_workspace
+from ui.services import activation_pngs, get_workspace, public
 
 CELL_PAGE = 24
 SPLIT_NAMES = {"val": "Validation", "test": "Test"}
@@ -275,7 +275,7 @@ def training_tab(view: EvalView) -> None:
         if folder.info.get("dataset_fingerprint"):
             st.caption(f"Data fingerprint `{folder.info['dataset_fingerprint'][:16]}`")
         if folder.info.get("cli"):
-            st.code(folder.info["cli"], language="bash", wrap_lines=True)
+            st.code(public(folder.info["cli"]), language="bash", wrap_lines=True)
 
 
 # ----------------------------------------------------------------------- compare

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from finetune_core.cli import data, evaluate, run_queue, train, workspace_runs
+from finetune_core.cli import data, evaluate, run_queue, train, users, workspace_runs
 
-COMMAND_MODULES = (data, train, evaluate, workspace_runs, run_queue)
+COMMAND_MODULES = (data, train, evaluate, workspace_runs, run_queue, users)
 
 
 def build_parser() -> argparse.ArgumentParser:

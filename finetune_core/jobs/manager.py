@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from finetune_core import runs
+from finetune_core.auth import audit
 from finetune_core.config import ConfigError, RunConfig
 from finetune_core.data import DatasetNotFound, load_dataset
 from finetune_core.jobs import queue
@@ -117,6 +118,8 @@ class JobManager:
             )
         )
         runs.save_config(RunPaths(self.workspace.run_dir(run_id)), config)
+        detail = f"{lineage} of {parent_id}" if parent_id else f"{config.model} {config.strategy}"
+        audit.record(self.workspace, creator or "anonymous", "submit", "run", run_id, detail)
         self.scheduler.wake()
         return run_id
 

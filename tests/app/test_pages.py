@@ -21,6 +21,7 @@ import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from finetune_core.auth import accounts
 from finetune_core.config import RunConfig
 from finetune_core.data import create_demo_dataset
 from finetune_core.jobs import launcher
@@ -186,15 +187,15 @@ def sign_in(at: AppTest, name: str, password: str) -> AppTest:
 def test_password_mode_signs_in_and_limits_changes_to_the_creator(
     app_ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FINETUNE_PASSWORD", "s3cret")
-    monkeypatch.setenv("FINETUNE_ADMINS", "carol")
+    carol = accounts.bootstrap_admin(app_ws, "carol", "s3cret-pass")
+    accounts.create_account(app_ws, carol.user(), "bob", "s3cret-pass")
     app_ws.add_run(RunRecord(id="r-20260101-000000-a11c", name="alice's run", creator="alice",
                              status=RunStatus.FAILED, error="boom"))  # fmt: skip
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert [t.value for t in at.title] == ["Finetune Dashboard"] and not at.metric
     sign_in(at, "bob", "wrong")
-    assert any("Wrong password" in e.value for e in at.error)
-    sign_in(at, "bob", "s3cret")
+    assert any("Wrong name or password." in e.value for e in at.error)
+    sign_in(at, "bob", "s3cret-pass")
     assert_ok(at)
     assert at.metric, "the home page shows after signing in"
     assert "Signed in as bob" in [t.value for t in at.sidebar.text]
@@ -206,7 +207,7 @@ def test_password_mode_signs_in_and_limits_changes_to_the_creator(
     assert at.button(key="runs_rerun").disabled is False  # anyone signed in may start runs
 
     admin = AppTest.from_file(APP, default_timeout=60).run()
-    sign_in(admin, "Carol", "s3cret")
+    sign_in(admin, "Carol", "s3cret-pass")
     admin.switch_page("views/runs.py").run()
     admin.checkbox(key="runs_delete_confirm_r-20260101-000000-a11c").check().run()
     admin.button(key="runs_delete").click().run()

@@ -29,6 +29,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 from streamlit.testing.v1 import AppTest
 
+from finetune_core.auth import accounts
 from finetune_core.auth.access import PermissionDenied, User, guarded_stop
 from finetune_core.config import RunConfig
 from finetune_core.data import UploadedFile, create_demo_dataset, ingest
@@ -193,10 +194,12 @@ def password_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Wo
     monkeypatch.setenv("FINETUNE_WORKSPACE", str(tmp_path / "ws"))
     for name in ACCESS_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("FINETUNE_PASSWORD", "s3cret")
-    monkeypatch.setenv("FINETUNE_ADMINS", "carol")
     st.cache_resource.clear()
-    yield services.get_workspace()
+    ws = services.get_workspace()
+    carol = accounts.bootstrap_admin(ws, "carol", "s3cret-pass")
+    for name in ("bob", "alice"):
+        accounts.create_account(ws, carol.user(), name, "s3cret-pass")
+    yield ws
     st.cache_resource.clear()
     st.cache_data.clear()
 
@@ -204,7 +207,7 @@ def password_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Wo
 def signed_in(name: str, page: str, **query: str) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=90).run()
     at.text_input[0].input(name)
-    at.text_input[1].input("s3cret")
+    at.text_input[1].input("s3cret-pass")
     at.button[0].click().run()
     for key, value in query.items():
         at.query_params[key] = value
@@ -289,6 +292,8 @@ def test_the_real_server_renders_no_page_before_sign_in_and_enforces_xsrf_and_up
 
     root = tmp_path / "ws"
     ws = Workspace(root)
+    carol = accounts.bootstrap_admin(ws, "carol", "s3cret-pass")
+    accounts.create_account(ws, carol.user(), "bob", "s3cret-pass")
     ws.add_run(
         RunRecord(
             id="r-20260101-000000-a11c",
@@ -303,7 +308,7 @@ def test_the_real_server_renders_no_page_before_sign_in_and_enforces_xsrf_and_up
     server = start_app(
         root,
         port,
-        env={"FINETUNE_PASSWORD": "s3cret", "STREAMLIT_SERVER_MAX_UPLOAD_SIZE": "1"},
+        env={"STREAMLIT_SERVER_MAX_UPLOAD_SIZE": "1"},
     )
     try:
         with sync_playwright() as pw:
@@ -313,7 +318,7 @@ def test_the_real_server_renders_no_page_before_sign_in_and_enforces_xsrf_and_up
                 context = browser.new_context()
                 page = context.new_page()
                 page.goto(base + path + "?run=r-20260101-000000-a11c")
-                body = settle(page, "Access password")
+                body = settle(page, "Your name")
                 assert "SECRET-RUN-NAME" not in body and "boom" not in body, (path, body)
                 assert not page.get_by_role("button", name="Re-run").count()
                 if path == "/":
@@ -332,9 +337,9 @@ def test_the_real_server_renders_no_page_before_sign_in_and_enforces_xsrf_and_up
             # Signed in: an upload over the server's limit (1 MB here) is refused clearly.
             page = browser.new_page()
             page.goto(base + "/data")
-            settle(page, "Access password")
+            settle(page, "Your name")
             page.get_by_label("Your name").fill("bob")
-            page.get_by_label("Access password").fill("s3cret")
+            page.get_by_label("Password", exact=True).fill("s3cret-pass")
             page.get_by_role("button", name="Sign in").click()
             settle(page, "Signed in as bob")
             page.get_by_role("link", name="Data").click()  # in-app: a reload signs out
