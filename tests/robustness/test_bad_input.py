@@ -9,9 +9,12 @@ workspace (or the dataset's own folder), nothing half-registered.
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
 import struct
+import subprocess
+import sys
 import tempfile
 import zipfile
 import zlib
@@ -24,7 +27,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from finetune_core.cli.data import render_report
-from finetune_core.config import RunConfig
+from finetune_core.config import ConfigError, RunConfig
 from finetune_core.data import (
     ImageReadError,
     IngestError,
@@ -414,3 +417,80 @@ def test_random_dataset_names_are_registered_exactly_or_refused(name: str) -> No
             allowed = f"ws/datasets/{ds.id}/"
         changed = changed_files(before, tree_snapshot(Path(tmp)))
         assert all(c.startswith((allowed, "ws/workspace.db")) for c in changed), changed
+
+
+# ------------------------------------------------------------------ config values (issue 15.1)
+def cli_train(workspace: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m finetune_core train`` on a dataset that does not exist: a config
+    problem is found before the dataset is looked up."""
+    return subprocess.run(
+        [sys.executable, "-m", "finetune_core", "--workspace", str(workspace), "train",
+         "--data", "no-such-dataset", "--out", str(workspace.parent / "out"), *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+SETTINGS = [
+    ("num_threads=100000", "num_threads must be between 0 and 1024 (got 100000)"),
+    ("num_threads=1000000", "num_threads must be between 0 and 1024 (got 1000000)"),
+    ("lr=nan", "lr must be a finite number (got 'nan')"),
+    ("lr=Infinity", "lr must be a finite number (got 'Infinity')"),
+    ("momentum=-inf", "momentum must be a finite number (got '-inf')"),
+    ("seed=1180591620717411303424", "seed must be between 0 and 2147483647"),
+    ("seed=-5", "seed must be between 0 and 2147483647 (got -5)"),
+    ("image_size=100000", "image_size must be between 16 and 1024 (got 100000)"),
+    ("es_min_delta=-1", "es_min_delta must be between 0 and 10 (got -1.0)"),
+]
+FILES = [
+    ('{"lr": NaN}', "lr must be a finite number (got nan)"),
+    ('{"epochs": Infinity}', "epochs must be a finite number (got inf)"),
+    ('{"num_threads": 100000}', "num_threads must be between 0 and 1024 (got 100000)"),
+    ('{"seed": ' + "9" * 5000 + "}", "The config holds a number too long to read."),
+    ("[" * 100_000, "The config is nested too deeply to read."),
+    ("{nope", "The config is not valid JSON"),
+]
+
+
+@pytest.mark.parametrize(("setting", "reason"), SETTINGS)
+def test_set_values_out_of_range_are_refused_naming_the_field(setting: str, reason: str) -> None:
+    key, value = setting.split("=")
+    with pytest.raises(ConfigError) as caught:  # what the CLI's --set does
+        RunConfig(dataset="d").replace(**{key: value}).validate()
+    assert f"- {reason}" in str(caught.value).splitlines()[-1]
+
+
+@pytest.mark.parametrize(("text", "reason"), FILES)
+def test_hostile_config_files_are_refused_with_a_reason(
+    tmp_path: Path, text: str, reason: str
+) -> None:
+    config = tmp_path / "run.json"
+    config.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        RunConfig.load(config).validate()
+    assert reason in str(caught.value)
+
+
+def test_the_cli_prints_one_line_reasons_never_a_traceback(tmp_path: Path) -> None:
+    # Real processes (each one starts torch: a few of the cases above, not all of them).
+    for setting, reason in (SETTINGS[1], SETTINGS[3], SETTINGS[5]):
+        proc = cli_train(tmp_path / "ws", "--set", setting)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert f"- {reason}" in proc.stderr.splitlines()[-1], proc.stderr
+    for i, (text, reason) in enumerate((FILES[0], FILES[4])):
+        config = tmp_path / f"run{i}.json"
+        config.write_text(text, encoding="utf-8")
+        proc = cli_train(tmp_path / "ws", "--config", str(config))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert reason in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_config_at_every_limit_is_accepted_and_round_trips(tmp_path: Path) -> None:
+    # The other side of the ranges: the largest allowed values are runs, not errors.
+    at_limits = {"epochs": 10_000, "num_threads": 1024, "seed": 2**31 - 1, "lr": 10.0,
+                 "momentum": 0.999, "image_size": 1024, "batch_size": 2048, "probe_views": 32}  # fmt: skip
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"dataset": "d", **at_limits}), encoding="utf-8")
+    cfg = RunConfig.load(path).validate()
+    assert {k: getattr(cfg, k) for k in at_limits} == at_limits
