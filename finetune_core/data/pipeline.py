@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from finetune_core.data.archive import IngestLimits
+from finetune_core.data.archive import IngestLimits, budget_message
 from finetune_core.data.dataset import DATASET_META, HEALTH_NAME, IMAGES_DIR, Dataset
 from finetune_core.data.errors import IngestError
 from finetune_core.data.fingerprint import dataset_fingerprint
@@ -92,7 +92,7 @@ def _ingest(
     problems = split.problems()
     if problems:
         raise IngestError(" ".join(problems))
-    limits = limits or IngestLimits()
+    limits = limits or IngestLimits.for_dir(workspace.root)
     _remove_stale_builds(workspace.tmp_dir)
 
     dataset_id = new_id("d")
@@ -256,8 +256,9 @@ def _probed(row: ManifestRow, images_dir: Path, max_pixels: int) -> ManifestRow:
     """The row completed with the probe's findings (size, format, mode or the problem)."""
     try:
         info = probe_image(images_dir / row.path, max_pixels=max_pixels)
-    except ImageReadError as exc:
-        return replace(row, status=exc.code, reason=exc.reason)
+    except ImageReadError as exc:  # not kept: a registered dataset holds only its images
+        (images_dir / row.path).unlink(missing_ok=True)
+        return replace(row, path="", status=exc.code, reason=exc.reason)
     return replace(row, width=info.width, height=info.height, format=info.format, mode=info.mode)
 
 
@@ -277,6 +278,8 @@ def _copy(cand: Candidate, dest: Path, budget: list[int], limits: IngestLimits) 
         while True:
             try:
                 chunk = handle.read(_CHUNK)
+            except IngestError:  # the archive reader's own refusal ends the whole import
+                raise
             except Exception as exc:  # zlib/CRC errors in a zip entry, I/O errors on a disk
                 raise _ReadFailed(_error_text(exc)) from exc
             if not chunk:
@@ -284,10 +287,7 @@ def _copy(cand: Candidate, dest: Path, budget: list[int], limits: IngestLimits) 
             size += len(chunk)
             budget[0] -= len(chunk)
             if budget[0] < 0:
-                raise IngestError(
-                    f"The upload expands to more than {limits.max_total_bytes:,} bytes, above the "
-                    "limit; nothing was imported. Upload a smaller dataset or raise the limit."
-                )
+                raise IngestError(budget_message(limits.max_total_bytes))
             if cand.declared_size is not None and size > cand.declared_size:
                 raise IngestError(
                     f"The archive entry {cand.source!r} holds more data than its header declares, "
@@ -345,7 +345,8 @@ def _summary(report: HealthReport, split: SplitSpec, plan: Plan) -> dict[str, An
 def _remove_stale_builds(tmp_dir: Path) -> None:
     """Builds left by a process that was killed mid-ingest (a day old: nobody owns them)."""
     cutoff = time.time() - _STALE_BUILD_SECONDS
-    for path in [*tmp_dir.glob("ingest-*"), *tmp_dir.glob("demo-src-*")]:
+    stale = ("ingest-*", "demo-src-*", "csv-upload-*", "predict-*")
+    for path in [p for pattern in stale for p in tmp_dir.glob(pattern)]:
         try:
             if path.stat().st_mtime < cutoff:
                 shutil.rmtree(path, ignore_errors=True)
