@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from finetune_core.resources import available_cores
+
 
 @dataclass(frozen=True)
 class DeviceInfo:
@@ -110,7 +112,7 @@ def full_precision(device: torch.device) -> Iterator[None]:
 
 def set_threads(num_threads: int) -> int:
     """Use ``num_threads`` intra-op threads (0 = every core); returns the number used."""
-    n = num_threads or os.cpu_count() or 1
+    n = num_threads or available_cores()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

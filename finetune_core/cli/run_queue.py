@@ -192,7 +192,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     stop = threading.Event()
     with stop_on_signals(stop):
         return execute_run(workspace, args.run_id, token, hooks=hooks_from_names(names),
-                           stop=stop)  # fmt: skip
+                           stop=stop, own_process=True)  # fmt: skip
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

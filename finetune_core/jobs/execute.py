@@ -17,13 +17,14 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from finetune_core import runs
+from finetune_core import resources, runs
 from finetune_core.config import RunConfig
 from finetune_core.data import load_dataset
 from finetune_core.jobs import launcher, queue
 from finetune_core.jobs.records import StoreEpochs, record_result, write_run_info
+from finetune_core.jobs.slots import read_slots
 from finetune_core.runs import RunPaths
-from finetune_core.store import RunStatus, StoreError, Workspace, utc_now
+from finetune_core.store import RunRecord, RunStatus, StoreError, Workspace, utc_now
 from finetune_core.training.events import Callback
 from finetune_core.training.progress import LiveState, Progress, ProgressFile
 from finetune_core.training.trainer import Trainer, TrainResult
@@ -96,9 +97,13 @@ def execute_run(
     hooks: Sequence[PostRunHook] = (),
     extra_callbacks: Sequence[Callback] = (),
     stop: threading.Event | None = None,
+    own_process: bool = False,
 ) -> int:
     """Train the run ``token`` holds, record its result, run the post-run steps; the exit
-    code for the process (0 when the run ended as it should, stopped included)."""
+    code for the process (0 when the run ended as it should, stopped included).
+
+    ``own_process``: this process is the run's alone, so the memory limit an admin set
+    (FINETUNE_RUN_MEMORY_LIMIT) applies to it."""
     stop = stop or threading.Event()
     record = workspace.get_run(run_id)
     if record is None or record.lease_owner != token:
@@ -108,8 +113,11 @@ def execute_run(
     with Heartbeat(workspace, run_id, token, stop):
         queue.set_phase(workspace, run_id, token, "training")
         try:
-            result = _train(workspace, run_id, RunConfig.from_dict(record.config), run_dir,
-                            resume=bool(record.resume), stop=stop, extra=extra_callbacks)  # fmt: skip
+            if own_process:
+                resources.apply_memory_limit(resources.memory_limit_bytes())
+            config = _within_share(workspace, record, paths)
+            result = _train(workspace, run_id, config, run_dir, resume=bool(record.resume),
+                            stop=stop, extra=extra_callbacks)  # fmt: skip
         except BaseException as exc:  # every failure ends the run as FAILED, with the reason
             runs.append_log(paths, f"failed: {describe(exc)}")
             queue.release(
@@ -128,6 +136,20 @@ def execute_run(
         runs.append_log(paths, f"finished: {result.status}")
         queue.release(workspace, run_id, token, finished_at=utc_now())
     return 0
+
+
+def _within_share(workspace: Workspace, record: RunRecord, paths: RunPaths) -> RunConfig:
+    """The run's config with its threads cut to the cores it may use: a CPU run shares
+    the cores with the other CPU slots; nobody gets more than this process's cores."""
+    config = RunConfig.from_dict(record.config)
+    if record.device.startswith("cuda"):
+        allowed = resources.available_cores()
+    else:
+        allowed = resources.cores_for_run(read_slots(workspace).cpu)
+    threads, note = resources.run_threads(config.num_threads, allowed)
+    if note:
+        runs.append_log(paths, note)
+    return config.replace(num_threads=threads)
 
 
 def _train(

@@ -18,7 +18,7 @@ CORE = ROOT / "finetune_core"
 
 # Lowest first: a module may import its own layer and the layers before it.
 LAYERS: list[tuple[str, ...]] = [
-    ("config", "fsutil", "device", "store", "runs", "presets"),
+    ("config", "fsutil", "device", "store", "runs", "presets", "resources", "schema"),
     ("auth",),
     ("data",),
     ("models",),

@@ -180,7 +180,8 @@ def test_two_cpu_slots_train_two_runs_at_once(demo_ws) -> None:
     write_slots(ws, cpu=2)
     manager = JobManager(ws)
     try:
-        first = manager.submit(long_run(ds.id, epochs=6))
+        # one user asks for every thread there is: each run gets its share of the cores
+        first = manager.submit(long_run(ds.id, epochs=6, num_threads=1000))
         second = manager.submit(long_run(ds.id, epochs=6))
 
         def both_training() -> bool:
@@ -192,6 +193,12 @@ def test_two_cpu_slots_train_two_runs_at_once(demo_ws) -> None:
         assert manager.queue_positions() == {}
         assert manager.wait(first, timeout=240) == RunStatus.SUCCEEDED
         assert manager.wait(second, timeout=240) == RunStatus.SUCCEEDED
+        share = max(1, len(os.sched_getaffinity(0)) // 2)
+        for run_id in (first, second):
+            threads = runs.read_info(RunPaths(ws.run_dir(run_id)))["environment"]["threads"]
+            assert threads == share, (run_id, threads)
+        log = "\n".join(runs.read_log(RunPaths(ws.run_dir(first))))
+        assert f"num_threads 1000 is more than the {share} cores this run may use" in log
     finally:
         manager.shutdown(stop_runs=True)
 
