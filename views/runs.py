@@ -33,6 +33,7 @@ from ui.components import (
     status_badge,
     status_label,
 )
+from ui.lineage import continue_controls, lineage_caption
 from ui.services import (
     current_user,
     get_job_manager,
@@ -228,7 +229,7 @@ def rename_box(run: RunRecord, allowed: bool, why: str | None) -> None:
 
 
 def delete_box(run: RunRecord, allowed: bool, why: str | None) -> None:
-    running = run.status == RunStatus.RUNNING or manager.running() == run.id
+    running = run.status == RunStatus.RUNNING or manager.is_active(run.id)
     confirm = st.checkbox(
         "Yes, delete this run, its model and its report",
         key=f"runs_delete_confirm_{run.id}",
@@ -262,11 +263,13 @@ def selected_run_section(shown: list[RunRecord]) -> None:
             st.markdown(f"**{esc(run.name or run.id)}**")
             status_badge(run.status)
             st.caption(f"by {esc(run.creator)}" if run.creator else "")
+        lineage_caption(run)
         if run.error:
             st.caption(esc(public(run.error)))
         if run.from_cli:
             st.caption(f"Trained from the command line into {esc(public(run.folder))}")
         run_actions(run, allowed, why)
+        continue_controls(run)
         left, right = st.columns(2, gap="medium")
         with left:
             rename_box(run, allowed, why)

@@ -24,6 +24,7 @@ from finetune_core.jobs.launcher import MULTI_NODE_FROM_CLI
 from finetune_core.jobs.records import progress_from_files
 from finetune_core.jobs.scheduler import Isolation, Scheduler
 from finetune_core.jobs.slots import Slots
+from finetune_core.models.checkpoint import parse_init_from
 from finetune_core.runs import RunPaths
 from finetune_core.store import RunRecord, RunStatus, Workspace, new_id
 from finetune_core.training.events import Callback
@@ -100,6 +101,10 @@ class JobManager:
                 f"The dataset {dataset.record.name!r} has errors that block training: {first}"
             )
         config = config.replace(dataset=dataset.id)
+        if config.init_from and not parent_id:  # "start from run X": its lineage, recorded
+            source, _ = parse_init_from(config.init_from)
+            if self.workspace.get_run(source) is not None:
+                parent_id, lineage = source, "warm-start"
         run_id = new_id("r")
         self.workspace.add_run(
             RunRecord(

@@ -78,7 +78,7 @@ def test_a_failing_post_run_step_keeps_the_model_and_the_queue_moves(demo_ws) ->
     def broken_report(workspace: Workspace, run_id: str) -> None:
         raise RuntimeError("report writer exploded (injected)")
 
-    manager = JobManager(ws, post_run=[broken_report])
+    manager = JobManager(ws, post_run=[broken_report], isolation="thread")  # injected here
     try:
         first = manager.submit(quick(ds.id, strategy="probe"))
         second = manager.submit(quick(ds.id, strategy="probe"))

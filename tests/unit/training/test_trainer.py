@@ -161,8 +161,8 @@ def test_huge_learning_rate_fails_with_a_nan_reason(demo, tmp_path) -> None:
             demo,
             tmp_path,
             optimizer="sgd",
-            lr=1000.0,
-            momentum=0.99,
+            lr=10.0,  # the largest lr a config accepts
+            momentum=0.999,
             schedule="constant",
             warmup_pct=0.0,
             epochs=4,
