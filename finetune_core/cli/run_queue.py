@@ -160,8 +160,12 @@ def cmd_stop(args: argparse.Namespace) -> int:
         print(f"error: no run with id {args.run_id!r}", file=sys.stderr)
         return EXIT_NOT_FOUND
     if not queue.request_stop(workspace, args.run_id):
-        print(f"error: the run is {record.status}: only queued or training runs stop.",
-              file=sys.stderr)  # fmt: skip
+        reason = (
+            "it trains in a `train` command's own process: stop it there (Ctrl-C)."
+            if record.from_cli and record.status == RunStatus.RUNNING
+            else f"the run is {record.status}: only queued or training runs stop."
+        )
+        print(f"error: {reason}", file=sys.stderr)
         return EXIT_USAGE
     print("stopped (left the queue)" if record.status == RunStatus.QUEUED else
           "stop requested: the run stops after the current batch and keeps its best model")  # fmt: skip

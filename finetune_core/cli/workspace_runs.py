@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from finetune_core import runs
 from finetune_core.cli.common import cli_creator, open_workspace
 from finetune_core.cli.run_queue import register_run_commands
 from finetune_core.config import RunConfig
+from finetune_core.jobs import procs, queue
 from finetune_core.runs import RunPaths
 from finetune_core.store import RunRecord, RunStatus, Workspace, new_id, utc_now
 
@@ -107,6 +109,10 @@ def start_cli_run(
         notes=config.notes,
         status=RunStatus.RUNNING,
         started_at=utc_now(),
+        # which process trains it: a scheduler interrupts the row once that process is gone
+        host=queue.HOST,
+        pid=os.getpid(),
+        pid_started=procs.start_time(os.getpid()) or "",
         finished_at=None,
         error="",
         traceback="",

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from finetune_core.jobs import procs
 from finetune_core.store import (
     CLI_CREATOR_PREFIX,
     RunRecord,
@@ -233,24 +234,34 @@ def expired(workspace: Workspace, *, now: float | None = None) -> list[RunRecord
 
 
 def interrupt_unleased(workspace: Workspace) -> list[str]:
-    """RUNNING rows without a lease are left by a version without leases (every run the
-    dashboard trains now holds one): INTERRUPTED. The CLI's ``train`` runs are left alone:
-    their own process owns their status."""
-    cli = CLI_CREATOR_PREFIX + "%"  # the prefix holds no LIKE wildcards
-    where = "status=? AND lease_owner='' AND creator NOT LIKE ?"
-    with workspace.transaction() as conn:
-        ids = [r["id"] for r in conn.execute(f"SELECT id FROM runs WHERE {where}",
-                                             (RunStatus.RUNNING, cli))]  # fmt: skip
-        conn.execute(
-            f"UPDATE runs SET status=?, error=? WHERE {where}",
-            (
-                RunStatus.INTERRUPTED,
-                "The server that trained this run stopped; resume it to continue.",
-                RunStatus.RUNNING,
-                cli,
-            ),  # fmt: skip
+    """RUNNING rows without a lease whose process is gone become INTERRUPTED: a CLI
+    ``train`` run records its process (host, pid) instead of a lease; a row with neither
+    was left by a version without leases (every run a scheduler trains holds one)."""
+    rows = (
+        workspace.read()
+        .execute(
+            "SELECT id, creator, host, pid, pid_started FROM runs WHERE status=? AND lease_owner=''",
+            (RunStatus.RUNNING,),
         )
-    return ids
+        .fetchall()
+    )
+    gone = []
+    for row in rows:
+        if row["creator"].startswith(CLI_CREATOR_PREFIX):
+            if not row["pid"] or row["host"] != HOST or procs.alive(row["pid"], row["pid_started"]):
+                continue  # an old CLI row, another machine's, or still training
+            gone.append((row["id"], "The train command's process ended without a result; "
+                         "train again with --resume to continue from its last checkpoint."))  # fmt: skip
+        else:
+            gone.append((row["id"],
+                         "The server that trained this run stopped; resume it to continue."))  # fmt: skip
+    with workspace.transaction() as conn:
+        for run_id, message in gone:
+            conn.execute(
+                "UPDATE runs SET status=?, error=? WHERE id=? AND status=? AND lease_owner=''",
+                (RunStatus.INTERRUPTED, message, run_id, RunStatus.RUNNING),
+            )
+    return [run_id for run_id, _ in gone]
 
 
 def positions(workspace: Workspace) -> dict[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -269,3 +270,21 @@ def test_stop_and_show_from_the_cli(demo_ws, capsys) -> None:
     assert main(["--workspace", str(ws.root), "runs", "stop", run_id]) == 2
     assert "only queued or training runs stop" in capsys.readouterr().err
     assert main(["--workspace", str(ws.root), "runs", "show", new_id("r")]) == 4
+
+
+def test_a_cli_run_whose_process_is_gone_is_interrupted_and_a_live_one_is_not(
+    workspace: Workspace,
+) -> None:
+    """``train`` runs hold no lease; they record their process, and only its end counts."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for run_id, pid in (("r-cli-dead", dead.pid), ("r-cli-live", os.getpid())):
+        workspace.add_run(RunRecord(id=run_id, status=RunStatus.RUNNING, creator="cli:bob",
+                                    host=queue.HOST, pid=pid,
+                                    pid_started=procs.start_time(pid) or "gone"))  # fmt: skip
+    workspace.add_run(RunRecord(id="r-cli-old", status=RunStatus.RUNNING, creator="cli:bob"))
+    Scheduler(workspace).tick(claim=False)
+    assert workspace.get_run("r-cli-dead").status == RunStatus.INTERRUPTED
+    assert "--resume" in workspace.get_run("r-cli-dead").error
+    assert workspace.get_run("r-cli-live").status == RunStatus.RUNNING
+    assert workspace.get_run("r-cli-old").status == RunStatus.RUNNING  # no process recorded
