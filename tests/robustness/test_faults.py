@@ -57,7 +57,10 @@ def demo_ws(workspace: Workspace) -> tuple[Workspace, Any]:
 
 @pytest.fixture
 def manager(demo_ws):
-    manager = JobManager(demo_ws[0])
+    # The faults are injected into this process's trainer (monkeypatch), so the claimed
+    # runs train in a thread here; the queue and leases are the real ones (run processes
+    # dying: tests/unit/jobs/test_queue.py).
+    manager = JobManager(demo_ws[0], isolation="thread")
     yield manager
     manager.shutdown()
 
