@@ -7,7 +7,6 @@ modes and permissions, ``accounts``: per-user passwords, ``proxy``: the trusted 
 
 from __future__ import annotations
 
-import hmac
 import os
 import re
 import threading
@@ -18,7 +17,7 @@ from typing import Any
 import streamlit as st
 from streamlit.errors import StreamlitAuthError
 
-from finetune_core.auth import accounts, session_token
+from finetune_core.auth import accounts, audit, session_token, sessions, signin
 from finetune_core.auth.access import (
     AccessConfigError,
     AccessSettings,
@@ -38,6 +37,7 @@ MAX_DELAY_S = 8.0
 NAME_KEY = "user_name"  # open mode: the name typed in the sidebar
 _SIGNED_IN_KEY = "auth_user"  # password mode: the account signed in
 _MATERIAL_KEY = "auth_material"  # ... and its session material when it signed in
+_SESSION_KEY = "auth_session"  # ... and the secret id of its server-side session
 _FAILURES_KEY = "auth_failures"
 _COOKIE_TO_SET = "auth_cookie_to_set"  # a fresh token the browser has not stored yet
 _SIGNED_OUT = "auth_signed_out"  # this tab signed out: ignore (and clear) its cookie
@@ -146,7 +146,7 @@ def sidebar_user_box(user: User) -> None:
             if settings.auth_mode == "oidc":
                 st.logout()
             else:
-                _forget_session()
+                _sign_out()
                 st.session_state[_SIGNED_OUT] = True
                 st.rerun()
 
@@ -205,35 +205,61 @@ def _proxy_login(settings: AccessSettings) -> User:
 # ----------------------------------------------------------------------------- accounts
 def _session_account() -> Account | None:
     """This session's account, after a cookie restore; None (and the session forgotten)
-    once the account is gone, disabled, or its password changed since it signed in."""
+    once the account is gone, disabled, its password changed since it signed in, or its
+    server-side session ended (signed out in another tab, ended by an admin)."""
     _restore_from_cookie()
     name = str(st.session_state.get(_SIGNED_IN_KEY, ""))
     if not name:
         return None
-    account = accounts.get_account(_workspace(), name)
-    material = str(st.session_state.get(_MATERIAL_KEY, ""))
-    if (
-        account is None
-        or account.disabled
-        or not hmac.compare_digest(accounts.session_material(account), material)
-    ):
+    account = signin.still_signed_in(
+        _workspace(),
+        name,
+        str(st.session_state.get(_MATERIAL_KEY, "")),
+        str(st.session_state.get(_SESSION_KEY, "")),
+    )
+    if account is None:
         _forget_session()
-        return None
     return account
 
 
 def _sign_in(account: Account) -> None:
-    material = accounts.session_material(account)
-    st.session_state[_SIGNED_IN_KEY] = account.name
-    st.session_state[_MATERIAL_KEY] = material
+    """Start a server-side session for ``account`` in this tab; its cookie is set next."""
+    token, session = signin.issue_cookie(_workspace(), account, _secret(), label=_browser())
+    _remember(account, session)
     st.session_state.pop(_FAILURES_KEY, None)
     st.session_state.pop(_SIGNED_OUT, None)
-    st.session_state[_COOKIE_TO_SET] = session_token.issue_token(account.name, _secret(), material)
+    st.session_state[_COOKIE_TO_SET] = token
+
+
+def _remember(account: Account, session: str) -> None:
+    st.session_state[_SIGNED_IN_KEY] = account.name
+    st.session_state[_MATERIAL_KEY] = accounts.session_material(account)
+    st.session_state[_SESSION_KEY] = session
 
 
 def _forget_session() -> None:
     st.session_state.pop(_SIGNED_IN_KEY, None)
     st.session_state.pop(_MATERIAL_KEY, None)
+    st.session_state.pop(_SESSION_KEY, None)
+
+
+def _sign_out() -> None:
+    """End this tab's server-side session (a copied cookie stops working) and forget it."""
+    signin.sign_out(
+        _workspace(),
+        str(st.session_state.get(_SIGNED_IN_KEY, "")),
+        str(st.session_state.get(_SESSION_KEY, "")),
+    )
+    _forget_session()
+
+
+def _browser() -> str:
+    """A short label for the admin's session list: the browser's User-Agent."""
+    try:
+        agent = str(st.context.headers.get("User-Agent") or "")
+    except Exception:  # no request headers (AppTest): the label is only informative
+        agent = ""
+    return agent[: sessions.MAX_LABEL_CHARS]
 
 
 def _failed_attempt() -> None:
@@ -332,7 +358,7 @@ def _change_password_box(user: User) -> None:
         if account is not None:
             _sign_in(account)  # this session stays; every other one of this account ends
             _store_cookie(st.session_state.pop(_COOKIE_TO_SET), session_token.DEFAULT_LIFETIME_S)
-        st.success("Password changed. Other browsers signed in as you are signed out.")
+        st.success("Password changed. Every other browser signed in as you is signed out.")
 
 
 # ------------------------------------------------------------------ stay signed in
@@ -342,24 +368,26 @@ def _secret() -> bytes:
 
 def _restore_from_cookie() -> None:
     """Sign this session in from the browser's cookie (a reload, a new tab), if valid: the
-    account exists, is enabled and its password has not changed since the cookie."""
+    account exists, is enabled, its password has not changed since the cookie and the
+    cookie's server-side session has not ended (``auth.signin``)."""
     if st.session_state.get(_SIGNED_IN_KEY) or st.session_state.get(_SIGNED_OUT):
         return
     token = st.context.cookies.get(session_token.COOKIE_NAME)
-    claimed = session_token.claimed_name(token)
-    if not claimed:
+    if not token:
         return
-    account = accounts.get_account(_workspace(), claimed)
-    if account is None or account.disabled:
-        return
-    material = accounts.session_material(account)
-    if session_token.verify_token(token, _secret(), material) == account.name:
-        st.session_state[_SIGNED_IN_KEY] = account.name
-        st.session_state[_MATERIAL_KEY] = material
+    signed = signin.account_for_cookie(_workspace(), token, _secret())
+    if signed is not None:
+        _remember(signed.account, signed.session)
 
 
 def _store_cookie(token: str, max_age_s: int) -> None:
-    """Set (or, with max_age 0, delete) the cookie; the token holds only [A-Za-z0-9._-]."""
+    """Set (or, with max_age 0, delete) the cookie; the token holds only [A-Za-z0-9._-].
+
+    Set from JavaScript, so it cannot be HttpOnly: Streamlit 1.67 gives a script no way
+    to add a Set-Cookie header (``st.context.cookies`` only reads; only its own OIDC
+    routes set cookies). The protection is revocation instead: the cookie counts only
+    while its server-side session lives (``auth.sessions``), and SameSite=Strict keeps
+    other sites' requests from carrying it."""
     if not re.fullmatch(r"[A-Za-z0-9._-]*", token):
         raise ValueError("a session token holds only letters, digits, '.', '_' and '-'")
     name = session_token.COOKIE_NAME
@@ -369,3 +397,31 @@ def _store_cookie(token: str, max_age_s: int) -> None:
         " + (location.protocol === 'https:' ? '; Secure' : '');</script>",
         unsafe_allow_javascript=True,
     )
+
+
+# ----------------------------------------------------------------------------- admins
+def sessions_section(me: User, name: str) -> None:
+    """An admin's view of ``name``'s signed-in browsers, each with a button to end it."""
+    if not me.is_admin:
+        return
+    workspace = _workspace()
+    live = sessions.list_sessions(workspace, name)
+    st.markdown(f"**Signed-in browsers of {name}** ({len(live)})")
+    if not live:
+        st.caption("None: nobody is signed in with this account's cookie.")
+        return
+    for session in live:
+        with st.container(horizontal=True, vertical_alignment="center"):
+            st.text(
+                f"since {session.created_at[:16].replace('T', ' ')} UTC · last seen "
+                f"{session.last_seen_at[:16].replace('T', ' ')} · "
+                f"{session.label[:60] or 'unknown browser'}"
+            )
+            if st.button("End", key=f"admin_end_session_{session.id}", icon=":material/logout:"):
+                sessions.end(workspace, name, session.id)
+                audit.record(workspace, me.name, "end session", "user", name, session.id)
+                st.rerun()
+    if st.button("End all", key="admin_end_all_sessions", icon=":material/logout:"):
+        ended = sessions.end_all(workspace, name)
+        audit.record(workspace, me.name, "end sessions", "user", name, f"{ended} ended")
+        st.rerun()

@@ -60,6 +60,10 @@ class AccessSettings:
     admins: frozenset[str] = frozenset()
     allow_server_paths: bool = False
     allow_custom_backbones: bool = False
+    # Folders an admin's server-path import (and weights path) must lie in; () = anywhere
+    # the server can read. Outside them a path is "not found or not allowed", like a
+    # missing one.
+    server_path_roots: tuple[str, ...] = ()
     auth_mode: AuthMode = "open"
     trusted_header: str = ""
     trusted_proxies: tuple[Network, ...] = ()
@@ -88,6 +92,7 @@ def load_access_settings(
     """Read the access settings; an environment variable wins over ``secrets.toml``.
 
     Environment: ``FINETUNE_ADMINS`` ("a@x.com,b@y.com"), ``FINETUNE_ALLOW_SERVER_PATHS``,
+    ``FINETUNE_SERVER_PATH_ROOTS`` ("/data,/mnt/sets"),
     ``FINETUNE_ALLOW_CUSTOM_BACKBONES`` (1/0), ``FINETUNE_PASSWORD``,
     ``FINETUNE_PASSWORD_SHA256``, ``FINETUNE_TRUSTED_HEADER``, ``FINETUNE_TRUSTED_PROXIES``.
     Secrets: an ``[auth]`` section turns on OIDC; an
@@ -108,6 +113,7 @@ def load_access_settings(
 
     admins = _parse_admins(*value(("FINETUNE_ADMINS",), "admins"))
     server_paths = _parse_flag(*value(("FINETUNE_ALLOW_SERVER_PATHS",), "allow_server_paths"))
+    roots = _parse_roots(*value(("FINETUNE_SERVER_PATH_ROOTS",), "server_path_roots"))
     backbones = _parse_flag(
         *value(
             # The singular spelling is what the first release read; keep honouring it.
@@ -140,6 +146,7 @@ def load_access_settings(
         admins=admins,
         allow_server_paths=server_paths,
         allow_custom_backbones=backbones,
+        server_path_roots=roots,
         auth_mode=mode,
         trusted_header=header,
         trusted_proxies=proxies,
@@ -201,6 +208,26 @@ def _parse_flag(raw: Any, where: str) -> bool:
     if text in _FALSE:
         return False
     raise AccessConfigError(f"{where} is {raw!r}; use 1 or 0 (true or false).")
+
+
+def _parse_roots(raw: Any, where: str) -> tuple[str, ...]:
+    """Absolute folders ("/data,/mnt/sets" or a list), resolved; AccessConfigError else."""
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        items: Iterable[Any] = raw.replace(os.pathsep, ",").split(",")
+    elif isinstance(raw, Iterable) and not isinstance(raw, Mapping):
+        items = raw
+    else:
+        raise AccessConfigError(f'{where} must be a list of folders, e.g. ["/data"].')
+    roots = []
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        if not os.path.isabs(os.path.expanduser(item)):
+            raise AccessConfigError(f"{where}: {item!r} is not an absolute folder (e.g. /data).")
+        roots.append(os.path.realpath(os.path.expanduser(item)))
+    return tuple(roots)
 
 
 def _parse_admins(raw: Any, where: str) -> frozenset[str]:

@@ -23,7 +23,7 @@ import sqlite3
 import unicodedata
 from dataclasses import dataclass, field
 
-from finetune_core.auth import audit
+from finetune_core.auth import audit, sessions
 from finetune_core.auth.access import ANONYMOUS, PermissionDenied, User, identity_key
 from finetune_core.store import CLI_CREATOR_PREFIX, StoreError, Workspace, check_name, utc_now
 
@@ -239,7 +239,9 @@ def _insert(
 
 
 def set_password(workspace: Workspace, by: User, name: str, password: str) -> None:
-    """A new password (the user themself or an admin); every older session of theirs ends."""
+    """A new password (the user themself or an admin); every session of theirs ends, a
+    copied cookie too (the caller signs the person who changed their own password in
+    again)."""
     account = _existing(workspace, name)
     if identity_key(by.name) != identity_key(account.name):
         _require_admin(by, "set another person's password")
@@ -247,7 +249,9 @@ def set_password(workspace: Workspace, by: User, name: str, password: str) -> No
     password_hash = hash_password(password)
     with workspace.transaction() as conn:
         conn.execute("UPDATE users SET password_hash=? WHERE name=?", (password_hash, account.name))
-    audit.record(workspace, by.name, "set password", "user", account.name)
+        ended = sessions.end_all(workspace, account.name, conn=conn)
+    audit.record(workspace, by.name, "set password", "user", account.name,
+                 _ended(ended))  # fmt: skip
 
 
 def set_disabled(workspace: Workspace, by: User, name: str, disabled: bool) -> None:
@@ -258,8 +262,9 @@ def set_disabled(workspace: Workspace, by: User, name: str, disabled: bool) -> N
         if disabled and account.is_admin:
             _keep_an_admin(conn, account.name)
         conn.execute("UPDATE users SET disabled=? WHERE name=?", (int(disabled), account.name))
+        ended = sessions.end_all(workspace, account.name, conn=conn) if disabled else 0
     audit.record(workspace, by.name, "disable user" if disabled else "enable user", "user",
-                 account.name)  # fmt: skip
+                 account.name, _ended(ended))  # fmt: skip
 
 
 def set_admin(workspace: Workspace, by: User, name: str, is_admin: bool) -> None:
@@ -272,6 +277,10 @@ def set_admin(workspace: Workspace, by: User, name: str, is_admin: bool) -> None
         conn.execute("UPDATE users SET is_admin=? WHERE name=?", (int(is_admin), account.name))
     audit.record(workspace, by.name, "make admin" if is_admin else "unmake admin", "user",
                  account.name)  # fmt: skip
+
+
+def _ended(sessions_ended: int) -> str:
+    return f"{sessions_ended} session(s) ended" if sessions_ended else ""
 
 
 def _keep_an_admin(conn: sqlite3.Connection, losing: str) -> None:

@@ -119,12 +119,14 @@ def _plan(source: object, limits: IngestLimits, stack: contextlib.ExitStack) -> 
 
 def _path_plan(path: Path, limits: IngestLimits, stack: contextlib.ExitStack) -> Plan:
     path = path.expanduser()
-    if not path.exists():
-        raise IngestError(f"{path} does not exist. Check the path and try again.")
+    # Missing, unreadable and not-a-file-or-folder read alike: the message must not tell
+    # whoever typed the path whether something they may not read exists there.
     if path.is_dir():
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise _not_found(path)
         return folder_plan(path, limits)
-    if not path.is_file():
-        raise IngestError(f"{path} is not a regular file or folder.")
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise _not_found(path)
     if path.stat().st_size == 0:
         raise IngestError(f"The file {path.name} is empty (0 bytes). Upload it again.")
     suffix = path.suffix.lower()
@@ -219,7 +221,8 @@ def folder_plan(root: Path, limits: IngestLimits) -> Plan:
             else:
                 images.append((parts, full))
     if not images:
-        raise _no_images(str(root), skipped)
+        # Counted, not listed: a folder's file names are not the importer's to read.
+        raise _no_images(str(root), skipped, list_names=False)
     entries = [_Entry(parts, _file_opener(full)) for parts, full in images]
     return layout_plan("folder", str(root), entries, skipped)
 
@@ -254,11 +257,11 @@ def _file_opener(path: str | Path) -> Callable[[], IO[bytes]]:
 # ----------------------------------------------------------------------------- csv
 def csv_plan(csv_path: Path, images_root: str | os.PathLike | None, limits: IngestLimits) -> Plan:
     csv_path = Path(csv_path).expanduser()
-    if not csv_path.is_file():
-        raise IngestError(f"The CSV file {csv_path} does not exist.")
+    if not csv_path.is_file() or not os.access(csv_path, os.R_OK):
+        raise _not_found(csv_path, "The CSV file ")
     root = Path(images_root).expanduser() if images_root else csv_path.parent
-    if not root.is_dir():
-        raise IngestError(f"The images folder {root} does not exist.")
+    if not root.is_dir() or not os.access(root, os.R_OK | os.X_OK):
+        raise _not_found(root, "The images folder ")
     real_root = Path(os.path.realpath(root))
     rows = _read_csv_file(csv_path, limits)
 
@@ -469,14 +472,25 @@ def _looks_like_zip(upload: UploadedFile) -> bool:
     return upload.name.lower().endswith(".zip") or upload.data[:4] == b"PK\x03\x04"
 
 
-def _no_images(display: str, skipped: list[Skipped]) -> IngestError:
+def _not_found(path: Path, what: str = "") -> IngestError:
+    """One message for a path that is missing, unreadable or not a file or folder."""
+    return IngestError(
+        f"{what}{path}: not found or not allowed (it does not exist, or this server may not "
+        "read it). Check the path and try again."
+    )
+
+
+def _no_images(display: str, skipped: list[Skipped], *, list_names: bool = True) -> IngestError:
     if not skipped:
         return IngestError(
             f"No images found in {display}. Add image files (JPEG, PNG, ...) in class folders."
         )
-    examples = ", ".join(s.source for s in skipped[:5])
+    if list_names:  # the names come from the user's own upload or archive
+        examples = f" (for example {', '.join(s.source for s in skipped[:5])})"
+    else:
+        reasons = sorted({s.reason for s in skipped})
+        examples = f" ({'; '.join(reasons[:3])})"
     return IngestError(
-        f"No images found in {display}: all {len(skipped)} entries were ignored (for example "
-        f"{examples}). Supported images are JPEG, PNG, GIF, BMP, TIFF and WebP, in one "
-        "sub-folder per class."
+        f"No images found in {display}: all {len(skipped)} entries were ignored{examples}. "
+        "Supported images are JPEG, PNG, GIF, BMP, TIFF and WebP, in one sub-folder per class."
     )
