@@ -9,7 +9,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from finetune_core.auth.access import can_start
+from finetune_core.auth.access import PermissionDenied, can_start
+from finetune_core.auth.server_paths import SERVER_IMPORT_ADMINS_ONLY, check_server_import
 from finetune_core.data import (
     IngestError,
     IngestLimits,
@@ -21,6 +22,7 @@ from finetune_core.data import (
 from finetune_core.data.images import UPLOAD_TYPES
 from finetune_core.data.split import HOLDOUT_DEFAULT, HOLDOUT_MAX
 from finetune_core.data.uploads import stage_csv_upload
+from ui.auth import access_settings
 from ui.components import error_box, esc
 from ui.services import allow_server_paths, current_user, get_workspace, public, user
 
@@ -270,6 +272,9 @@ def csv_tab(name: str, split: SplitSpec) -> None:
 
 
 def server_tab(name: str, split: SplitSpec) -> None:
+    if not user().is_admin:
+        st.info(SERVER_IMPORT_ADMINS_ONLY, icon=":material/lock:")
+        return
     if not allow_server_paths():
         st.info(
             "Importing from a folder on the server is switched off. An admin can allow it with "
@@ -283,4 +288,9 @@ def server_tab(name: str, split: SplitSpec) -> None:
     )
     path = st.text_input("Server path", key="import_server_path", placeholder="/data/images")
     if st.button("Import from server", key="import_server_go", type="primary", disabled=not path):
-        run_ingest(ServerPath(path.strip()), name.strip() or default_name(path.rstrip("/")), split)
+        try:  # the rule is the core's: admins only, inside the allowed roots, readable
+            checked = check_server_import(access_settings(), user(), path)
+        except PermissionDenied as exc:
+            st.error(esc(public(str(exc))), icon=":material/error:")
+            return
+        run_ingest(ServerPath(str(checked)), name.strip() or default_name(path.rstrip("/")), split)

@@ -15,6 +15,8 @@ from typing import Any
 
 import streamlit as st
 
+from finetune_core.auth.access import PermissionDenied
+from finetune_core.auth.server_paths import check_backbone_upload
 from finetune_core.config import (
     AUGMENTATIONS,
     BEST_METRICS,
@@ -33,8 +35,16 @@ from finetune_core.models.weights_check import WeightsReport, inspect_weights
 from finetune_core.presets import PRESETS_BY_KEY, preset_of
 from finetune_core.resources import cache_problems
 from finetune_core.store import RunRecord
+from ui.auth import access_settings
 from ui.components import esc, fmt_pct
-from ui.services import architectures, finished_runs_with_model, public, uploads_dir, val_accuracy
+from ui.services import (
+    architectures,
+    finished_runs_with_model,
+    public,
+    uploads_dir,
+    user,
+    val_accuracy,
+)
 
 DEFAULTS = RunConfig()
 # Form-only values: "Largest that fits" stands for batch_size="auto"; the weights radio
@@ -311,6 +321,12 @@ def weights_upload(kind: str, suffixes: tuple[str, ...]) -> str | None:
     )
     if upload is None:
         return None
+    if kind == "custom":  # a .pt2 is a whole program: the core decides who may upload one
+        try:
+            check_backbone_upload(access_settings(), user())
+        except PermissionDenied as exc:
+            st.error(esc(str(exc)), icon=":material/lock:")
+            return None
     saved = st.session_state.setdefault("saved_weights", {})
     if upload.file_id not in saved:
         try:

@@ -10,6 +10,7 @@ from finetune_core.auth.access import PermissionDenied, User
 from finetune_core.auth.accounts import Account
 from finetune_core.jobs.slots import MAX_SLOTS, read_slots, write_slots
 from finetune_core.store import StoreError, Workspace
+from ui.auth import sessions_section
 from ui.components import esc, fmt_when
 from ui.services import get_workspace, user
 
@@ -92,6 +93,7 @@ def manage_user(workspace: Workspace, me: User, existing: list[Account]) -> None
                 st.error(esc(str(exc)))
             else:
                 flash(f"Password of {esc(account.name)} reset; their sessions ended.")
+    sessions_section(me, account.name)
 
 
 def _apply(change) -> None:

@@ -8,7 +8,8 @@ import math
 import pandas as pd
 import streamlit as st
 
-from finetune_core.auth.access import can_start
+from finetune_core.auth.access import PermissionDenied, can_start
+from finetune_core.auth.server_paths import BACKBONE_ADMINS_ONLY, check_config_paths
 from finetune_core.config import (
     ConfigError,
     RunConfig,
@@ -25,6 +26,7 @@ from finetune_core.reporting import charts
 from finetune_core.reporting.gallery import augmentation_preview, preview_rows
 from finetune_core.training.lr_finder import find_lr
 from ui import setup_form as form
+from ui.auth import access_settings
 from ui.components import error_box, esc, fmt_duration, pick_dataset
 from ui.services import (
     allow_custom_backbones,
@@ -140,7 +142,8 @@ def model_table(info: DeviceInfo, train_count: int) -> None:
 
 def weights_source() -> str:
     """Where the weights come from: imagenet, none, upload or custom."""
-    options = ["imagenet", "none", "upload"] + (["custom"] if allow_custom_backbones() else [])
+    custom = allow_custom_backbones() and user().is_admin  # the core checks it again at Start
+    options = ["imagenet", "none", "upload"] + (["custom"] if custom else [])
     if val("weights_source") not in options:
         put("weights_source", "imagenet")
     source = st.radio(
@@ -151,7 +154,9 @@ def weights_source() -> str:
         help="Pretrained ImageNet weights make small datasets work. 'None' trains from "
         "scratch. A state_dict continues from your own checkpoint of the same architecture.",
     )
-    if not allow_custom_backbones():
+    if allow_custom_backbones() and not custom:
+        st.caption(BACKBONE_ADMINS_ONLY)
+    elif not allow_custom_backbones():
         st.caption(
             "Custom `.pt2` backbones are off; an administrator can allow them with "
             "`FINETUNE_ALLOW_CUSTOM_BACKBONES=1`."
@@ -431,8 +436,11 @@ def start_section(
         key="start",
         disabled=bool(problems) or dataset.health.blocks_training or not can_start(user()),
     ):
-        try:
+        try:  # files named in the config: the core's rule (admin-only server paths, backbones)
+            check_config_paths(access_settings(), user(), config, get_workspace())
             run_id = manager.submit(config, creator=current_user())
+        except PermissionDenied as exc:
+            st.error(esc(public(str(exc))), icon=":material/lock:")
         except JobError as exc:
             error_box(str(exc))
         else:
