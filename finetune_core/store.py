@@ -23,7 +23,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from finetune_core import workspace_backup
 from finetune_core.schema import MIGRATIONS, SCHEMA_VERSION
+from finetune_core.store_health import StoreError, file_id, has_entries, run_open_hooks, unavailable
 
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -45,10 +47,6 @@ class RunStatus:
     ACTIVE = (QUEUED, RUNNING)
     FINISHED = (SUCCEEDED, FAILED, STOPPED, INTERRUPTED)
     RESUMABLE = (STOPPED, INTERRUPTED)
-
-
-class StoreError(Exception):
-    """A workspace operation could not be done; the message says why."""
 
 
 MAX_NAME_CHARS = 200
@@ -187,24 +185,78 @@ class Workspace:
         self.runs_dir = self.root / "runs"
         self.cache_dir = self.root / "cache"
         self.tmp_dir = self.root / "tmp"
-        for folder in (self.datasets_dir, self.runs_dir, self.cache_dir, self.tmp_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+        self.backups_dir = self.root / workspace_backup.BACKUPS_DIR
         self.db_path = self.root / WORKSPACE_DB
         self._local = threading.local()
-        self._migrate()
+        self.index_lost = False  # the database was rebuilt from the folders on this open
+        try:
+            for folder in (self.datasets_dir, self.runs_dir, self.cache_dir, self.tmp_dir):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise unavailable(self.root, exc) from exc
+        if not os.access(self.root, os.W_OK) or (
+            self.db_path.exists() and not os.access(self.db_path, os.W_OK)
+        ):
+            raise unavailable(self.root, PermissionError("read-only"))
+        self._open_database()
 
     # ------------------------------------------------------------------ plumbing
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+    def _open_database(self) -> None:
+        """Open (or create) the database, bring its schema up to date, then run the open
+        hooks (the rebuild when the index was lost) and the periodic backup."""
+        existed = self.db_path.exists()
+        lost = not existed and has_entries(self.datasets_dir, self.runs_dir)
+        try:
+            self._connect()
+            self._migrate()
+            if not existed:  # the first backup is due an interval after creation
+                self.backups_dir.mkdir(exist_ok=True)
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise unavailable(self.root, exc) from exc
+        self.index_lost = lost
+        run_open_hooks(self, lost)
+        self._backup_if_due()
+
+    def _backup_if_due(self) -> None:
+        policy = workspace_backup.BackupPolicy.from_env()
+        if policy.keep and workspace_backup.due(self.backups_dir, policy.interval_s):
+            with contextlib.suppress(workspace_backup.BackupError):  # the open goes on
+                self.backup()
+
+    def backup(self) -> Path:
+        """An online backup into ``backups/`` now (BackupError: damaged, or not written)."""
+        keep = max(1, workspace_backup.BackupPolicy.from_env().keep)
+        return workspace_backup.take_backup(self.db_path, self.backups_dir, keep=keep)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+        try:
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=60000")
             conn.execute("PRAGMA foreign_keys=ON")
-            self._local.conn = conn
+        except sqlite3.Error:
+            conn.close()
+            raise
+        self._local.conn, self._local.file = conn, file_id(self.db_path)
         return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        current = file_id(self.db_path)
+        if conn is not None and current == self._local.file:
+            return conn
+        if conn is not None:  # the file was deleted or replaced (a restore) underneath it
+            conn.close()
+        if current is None:
+            self._open_database()
+            return self._local.conn
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as exc:
+            raise unavailable(self.root, exc) from exc
 
     def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """A short exclusive-write transaction (``BEGIN IMMEDIATE``) for modules that own
@@ -259,6 +311,10 @@ class Workspace:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+    def check(self) -> list[str]:
+        """SQLite's full integrity check of the database: [] when it is intact."""
+        return workspace_backup.integrity_problems(self.db_path)
 
     # ------------------------------------------------------------------ datasets
     def dataset_dir(self, dataset_id: str) -> Path:

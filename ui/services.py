@@ -8,12 +8,14 @@ the server and survives refreshes, closed tabs and a second teammate's browser.
 from __future__ import annotations
 
 import io
+import sqlite3
 from pathlib import Path
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from finetune_core import runs as run_files
+from finetune_core import workspace_repair  # noqa: F401 (its open hook: rebuild and tidy-up)
 from finetune_core.auth.access import User, public_error
 from finetune_core.evaluation.evaluate import read_predictions
 from finetune_core.evaluation.predict import explain_image
@@ -24,6 +26,8 @@ from finetune_core.models.classifier import list_architectures
 from finetune_core.models.loaded import LoadedModel, load_run_model
 from finetune_core.runs import RunError, RunFolder, RunPaths
 from finetune_core.store import RunRecord, RunStatus, Workspace
+from finetune_core.store_health import StoreError, WorkspaceUnavailable, unavailable
+from finetune_core.workspace_backup import integrity_problems
 from ui.auth import access_settings, require_login
 from ui.auth import current_user as auth_current_user
 from ui.settings import workspace_root
@@ -39,7 +43,15 @@ def allow_custom_backbones() -> bool:
 
 @st.cache_resource(show_spinner=False)
 def _open_workspace(root: str) -> Workspace:
-    return Workspace(root)
+    # Once per server: opening rebuilds a lost index and takes the periodic backup; the
+    # quick check catches damage the open itself does not read (a failure is not cached,
+    # so the next page load tries again once the workspace is fixed).
+    workspace = Workspace(root)
+    problems = integrity_problems(workspace.db_path, quick=True)
+    if problems:
+        workspace.close()
+        raise unavailable(workspace.root, sqlite3.DatabaseError(f"malformed: {problems[0]}"))
+    return workspace
 
 
 def _shutdown(manager: JobManager) -> None:
@@ -51,13 +63,36 @@ def _start_manager(root: str) -> JobManager:
     return JobManager(_open_workspace(root), post_run=list(DEFAULT_HOOKS))
 
 
+WORKSPACE_HELP = (
+    "An administrator can run `python -m finetune_core workspace check` on the server "
+    "for details; this page works again once the workspace is fixed."
+)
+
+
+def require_workspace() -> Workspace:
+    """The server's workspace; on a page, one clear message and a stop when it cannot be
+    opened (a read-only folder, a damaged database), never a crash box. No server path
+    is shown: nobody is known to be signed in yet."""
+    try:
+        return _open_workspace(str(workspace_root()))
+    except StoreError as exc:
+        if get_script_run_ctx() is None:
+            raise
+        text = exc.public if isinstance(exc, WorkspaceUnavailable) else str(exc)
+        st.error(f"{text}\n\n{WORKSPACE_HELP}", icon=":material/database:")
+        st.stop()
+        raise  # st.stop() does not return
+
+
 def get_workspace() -> Workspace:
     # Every page calls this first. Page scripts live in views/ (Streamlit would serve a
     # pages/ folder on its own, without app.py's gate); asking for sign-in here as well
-    # keeps any page that is ever run directly behind the gate too.
+    # keeps any page that is ever run directly behind the gate too. The workspace is
+    # opened first: sign-in reads the accounts from it.
+    workspace = require_workspace()
     if get_script_run_ctx() is not None:
         require_login()
-    return _open_workspace(str(workspace_root()))
+    return workspace
 
 
 def val_accuracy(record: RunRecord) -> float | None:
