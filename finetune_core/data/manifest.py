@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import io
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from finetune_core import csvsafe
 from finetune_core.fsutil import atomic_write
 
 MANIFEST_NAME = "manifest.csv"
@@ -49,7 +49,8 @@ def write_manifest(path: Path, rows: list[ManifestRow]) -> None:
 
     def write(handle: BinaryIO) -> None:
         text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
-        writer = csv.writer(text, lineterminator="\r\n")  # RFC 4180: a lone \r in a label is quoted
+        # RFC 4180: a lone \r in a label is quoted; formula-like cells get a leading quote
+        writer = csvsafe.writer(text, lineterminator="\r\n")
         writer.writerow(_FIELDS)
         for row in rows:
             writer.writerow([getattr(row, name) for name in _FIELDS])
@@ -60,9 +61,10 @@ def write_manifest(path: Path, rows: list[ManifestRow]) -> None:
 
 
 def read_manifest(path: Path) -> list[ManifestRow]:
+    """The rows :func:`write_manifest` wrote, exactly (escaped cells read back as they were)."""
     with open(path, encoding="utf-8", newline="") as handle:
         rows = []
-        for record in csv.DictReader(handle):
+        for record in csvsafe.dict_reader(handle):
             values: dict[str, Any] = {k: record.get(k, "") or "" for k in _FIELDS}
             for key in _INT_FIELDS:
                 values[key] = int(values[key] or 0)

@@ -7,14 +7,13 @@ atomically: a failed evaluation leaves the previous files as they were.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from finetune_core import csvsafe
 from finetune_core import device as devices
 from finetune_core.data.cache import decoded_split
 from finetune_core.data.dataset import run_dataset
@@ -94,30 +93,29 @@ def evaluate_run(
             )
     if not result["splits"]:
         raise RunError("The dataset has no validation or test images to evaluate on.")
-    atomic_write_text(run.paths.predictions, _csv(loaded.class_names, rows))
+    atomic_write_text(run.paths.predictions, predictions_text(loaded.class_names, rows))
     atomic_write_json(run.paths.evaluation, result)
     return result
 
 
-def _csv(class_names: list[str], rows: list[list[Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(
-        ["split", "path", "true", "pred", "prob_pred", *[f"p:{c}" for c in class_names]]
-    )
-    writer.writerows(rows)
-    return buffer.getvalue()
+def predictions_text(class_names: list[str], rows: list[list[Any]]) -> str:
+    """``predictions.csv``: split, path, true, pred, prob_pred and a ``p:<class>`` column
+    per class; names a spreadsheet would run as formulas get a leading quote (csvsafe)."""
+    header = ["split", "path", "true", "pred", "prob_pred", *[f"p:{c}" for c in class_names]]
+    return csvsafe.to_text(header, rows)
 
 
 def read_predictions(run: RunFolder) -> list[dict[str, Any]]:
-    """The evaluation's per-image predictions, with probabilities as floats."""
+    """The evaluation's per-image predictions, with probabilities as floats (names exactly
+    as evaluated: the writer's quotes are removed)."""
     path = run.paths.predictions
     if not path.exists():
         return []
     with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        out = []
-        for row in reader:
+        reader = csvsafe.dict_reader(handle)
+        out: list[dict[str, Any]] = []
+        for cells in reader:
+            row: dict[str, Any] = dict(cells)
             row["prob_pred"] = float(row["prob_pred"])
             row["probs"] = np.array([float(row.pop(k)) for k in list(row) if k.startswith("p:")])
             out.append(row)

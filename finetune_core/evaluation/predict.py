@@ -4,7 +4,6 @@ folder or zip of images in, a CSV of predictions out.
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 import tempfile
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from finetune_core import csvsafe
 from finetune_core.data.archive import Archive, Budget, IngestLimits
 from finetune_core.data.augment import normalize
 from finetune_core.data.images import IMAGE_EXTENSIONS, ImageReadError, ImageSource
@@ -178,17 +178,15 @@ def predict_stream(
 
 
 def predictions_csv(predictions: Sequence[Prediction], class_names: Sequence[str]) -> str:
-    """One row per image: file, predicted class, its probability, every class probability."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(
-        ["file", "prediction", "probability", "error", *[f"p:{c}" for c in class_names]]
-    )
+    """One row per image: file, predicted class, its probability, every class probability.
+    File and class names a spreadsheet would run as formulas get a leading quote (csvsafe)."""
+    header = ["file", "prediction", "probability", "error", *[f"p:{c}" for c in class_names]]
+    rows = []
     for p in predictions:
         probs = [f"{v:.6f}" for v in p.probs] if p.probs is not None else [""] * len(class_names)
         confidence = f"{p.confidence:.6f}" if p.confidence is not None else ""
-        writer.writerow([p.name, p.label, confidence, p.error, *probs])
-    return buffer.getvalue()
+        rows.append([p.name, p.label, confidence, p.error, *probs])
+    return csvsafe.to_text(header, rows)
 
 
 @dataclass
