@@ -24,14 +24,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from finetune_core.data.images import open_rgb
-from finetune_core.data.preprocess import PREPROCESS_VERSION, resize_center_crop, to_uint8_chw
+from finetune_core.data.decode_budget import decoder_threads
+from finetune_core.data.preprocess import (
+    PREPROCESS_VERSION,
+    preprocess_for_inference,
+    resize_center_crop,
+    to_uint8_chw,
+)
 from finetune_core.fsutil import atomic_write
 
 # Re-exported: the resize and crop live in preprocess.py, the one preprocessing.
 __all__ = ["DecodedImages", "build_decoded", "decoded_split", "resize_center_crop", "to_uint8_chw"]
 
 DEFAULT_RAM_BUDGET_MB = int(os.environ.get("FINETUNE_CACHE_RAM_MB", "4096"))
+_MAX_THREADS = 32
 
 
 @dataclass
@@ -87,15 +93,19 @@ def build_decoded(
     labels: Sequence[int],
     size: int,
     *,
-    load: Callable[[Path], Image.Image],
+    load: Callable[[Path], Image.Image] | None,
     cache_file: Path | None = None,
     ram_budget_mb: int = DEFAULT_RAM_BUDGET_MB,
     progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
+    decode: Callable[[Path, int], np.ndarray] | None = None,
 ) -> DecodedImages:
     """Decode ``paths`` once into a uint8 tensor, reusing ``cache_file`` when present.
 
     Above ``ram_budget_mb`` the images live in a memory-mapped file instead of RAM.
+    ``decode(path, size)`` gives one image's (3, size, size) pixels (default: ``load``
+    then :func:`to_uint8_chw`). Threads follow the cores this process may use; how many
+    decode at once is bounded by the process's decode memory budget (images.py).
     """
     n = len(paths)
     nbytes = n * 3 * size * size
@@ -106,22 +116,23 @@ def build_decoded(
     if cache_file is not None and cache_file.exists() and cache_file.stat().st_size == nbytes:
         return _open_cached(cache_file, n, size, label_tensor, rel, spill)
 
-    threads = workers or os.cpu_count() or 1
+    threads = workers or decoder_threads(_MAX_THREADS)
+    chw = decode or _loaded_chw(load)
     if spill:
         if cache_file is None:
             raise ValueError("A cache larger than the RAM budget needs a cache_file to spill to.")
-        _decode_to_file(paths, size, load, cache_file, threads, progress)
+        _decode_to_file(paths, size, chw, cache_file, threads, progress)
         return _open_cached(cache_file, n, size, label_tensor, rel, True)
 
     out = np.empty((n, 3, size, size), dtype=np.uint8)
 
-    def decode(i: int) -> None:
-        out[i] = to_uint8_chw(load(Path(paths[i])), size)
+    def decode_one(i: int) -> None:
+        out[i] = chw(Path(paths[i]), size)
 
     done = 0
     # Pillow releases the GIL while decoding and resizing, so threads use every core.
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        for _ in pool.map(decode, range(n)):
+        for _ in pool.map(decode_one, range(n)):
             done += 1
             if progress is not None and (done % 32 == 0 or done == n):
                 progress(done, n)
@@ -131,10 +142,21 @@ def build_decoded(
     return DecodedImages(torch.from_numpy(out), label_tensor, rel)
 
 
+def _loaded_chw(
+    load: Callable[[Path], Image.Image] | None,
+) -> Callable[[Path, int], np.ndarray]:
+    def chw(path: Path, size: int) -> np.ndarray:
+        if load is None:
+            raise ValueError("build_decoded needs load or decode to build a cache.")
+        return to_uint8_chw(load(path), size)
+
+    return chw
+
+
 def _decode_to_file(
     paths: Sequence[Path],
     size: int,
-    load: Callable[[Path], Image.Image],
+    chw: Callable[[Path, int], np.ndarray],
     cache_file: Path,
     threads: int,
     progress: Callable[[int, int], None] | None,
@@ -152,7 +174,7 @@ def _decode_to_file(
                 count = min(chunk, n - start)
 
                 def decode_into(j: int, start: int = start) -> None:
-                    buffer[j] = to_uint8_chw(load(Path(paths[start + j])), size)
+                    buffer[j] = chw(Path(paths[start + j]), size)
 
                 list(pool.map(decode_into, range(count)))
                 handle.write(buffer[:count].tobytes())
@@ -203,7 +225,8 @@ def decoded_split(
         paths,
         labels,
         size,
-        load=open_rgb,
+        load=None,
+        decode=preprocess_for_inference,
         cache_file=Path(cache_dir) / "decoded" / f"{key}.u8",
         ram_budget_mb=ram_budget_mb,
         progress=progress,

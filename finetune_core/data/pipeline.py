@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from finetune_core.data.archive import IngestLimits, budget_message
 from finetune_core.data.dataset import DATASET_META, HEALTH_NAME, IMAGES_DIR, Dataset
+from finetune_core.data.decode_budget import decoder_threads
 from finetune_core.data.errors import IngestError
 from finetune_core.data.fingerprint import dataset_fingerprint
 from finetune_core.data.health import HealthReport, build_report
@@ -225,7 +226,9 @@ def _import(
 
 
 def _probe_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+    """Threads for the probe: the cores this process may use, at most 8. How many decode
+    at once is bounded by the process's decode memory budget, not by this number."""
+    return decoder_threads(8)
 
 
 def _copy_one(

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from finetune_core.data.images import ImageSource, open_rgb
+from finetune_core.data.images import ImageSource, rgb_image
 
 # Bumped whenever the pixels this module produces change: the decoded-image and feature
 # caches include it in their keys, so no cache made by an older rule is ever reused.
@@ -55,16 +55,21 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
 
 def to_uint8_chw(image: Image.Image, size: int) -> np.ndarray:
     """A decoded image as uint8 (3, size, size): RGB, resized and centre-cropped."""
-    arr = np.asarray(resize_center_crop(image.convert("RGB"), size), dtype=np.uint8)
+    # convert() copies even an RGB image: a whole-image copy for nothing.
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    arr = np.asarray(resize_center_crop(rgb, size), dtype=np.uint8)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
 def preprocess_for_inference(source: ImageSource | Image.Image, size: int) -> np.ndarray:
     """An image file (path, bytes, stream) or a decoded image as the model's uint8
     (3, size, size) input: full-resolution decode (never JPEG draft mode), RGB, EXIF
-    orientation, resize, centre crop. Raises ImageReadError for an unusable file."""
-    image = source if isinstance(source, Image.Image) else open_rgb(source)
-    return to_uint8_chw(image, size)
+    orientation, resize, centre crop. Raises ImageReadError for an unusable file. The
+    full-size image counts against the process's decode budget until it is resized."""
+    if isinstance(source, Image.Image):
+        return to_uint8_chw(source, size)
+    with rgb_image(source) as image:
+        return to_uint8_chw(image, size)
 
 
 def inference_spec(
