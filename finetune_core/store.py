@@ -31,6 +31,7 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
 WORKSPACE_DB = "workspace.db"
+_CREATED = "workspace.created"  # settings key: when the database was made (time.time())
 CLI_CREATOR_PREFIX = "cli:"  # creator of the runs the CLI trains: "cli:<os user>"
 
 
@@ -210,7 +211,8 @@ class Workspace:
             self._connect()
             self._migrate()
             if not existed:  # the first backup is due an interval after creation
-                self.backups_dir.mkdir(exist_ok=True)
+                with self._write() as conn:
+                    conn.execute("REPLACE INTO settings VALUES (?, ?)", (_CREATED, time.time()))
         except sqlite3.DatabaseError as exc:
             self.close()
             raise unavailable(self.root, exc) from exc
@@ -220,7 +222,9 @@ class Workspace:
 
     def _backup_if_due(self) -> None:
         policy = workspace_backup.BackupPolicy.from_env()
-        if policy.keep and workspace_backup.due(self.backups_dir, policy.interval_s):
+        row = self._conn().execute("SELECT value FROM settings WHERE key=?", (_CREATED,))
+        created = float((row.fetchone() or [0])[0])
+        if policy.keep and workspace_backup.due(self.backups_dir, policy.interval_s, created):
             with contextlib.suppress(workspace_backup.BackupError):  # the open goes on
                 self.backup()
 

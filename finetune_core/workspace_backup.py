@@ -84,13 +84,10 @@ def integrity_problems(db_path: Path, *, quick: bool = False) -> list[str]:
     return [line for line in lines if line and not line.startswith("***")] or rows
 
 
-def due(folder: Path, interval_s: float, now: float | None = None) -> bool:
-    """Whether the last backup (or, with none yet, the folder's creation) is older than
-    ``interval_s``. A missing folder is due."""
-    try:
-        stamp = Path(folder).stat().st_mtime  # changes with every backup written or pruned
-    except FileNotFoundError:
-        return True
+def due(folder: Path, interval_s: float, since: float = 0.0, now: float | None = None) -> bool:
+    """Whether the newest backup in ``folder`` (with none yet: ``since``, when the
+    database was created) is older than ``interval_s``."""
+    stamp = since
     newest = list_backups(folder)
     with contextlib.suppress(OSError):
         if newest:
