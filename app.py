@@ -6,9 +6,10 @@ import streamlit as st
 
 from ui import upload_gate
 from ui.auth import require_login, sidebar_user_box, signed_in
-from ui.services import get_job_manager
+from ui.services import get_job_manager, require_workspace
 
 st.set_page_config(page_title="Finetune Dashboard", page_icon="🧪", layout="wide")
+require_workspace()  # a read-only or damaged workspace: one clear message, not a crash box
 
 PAGES = [
     st.Page("views/home.py", title="Home", icon=":material/home:", default=True),

@@ -34,7 +34,7 @@ from finetune_core.config import RunConfig
 from finetune_core.data.dataset import DATASET_META, HEALTH_NAME, IMAGES_DIR
 from finetune_core.data.health import HealthReport
 from finetune_core.data.manifest import MANIFEST_NAME, read_manifest
-from finetune_core.data.pipeline import _remove_stale_builds as sweep_stale_tmp
+from finetune_core.data.pipeline import remove_stale_builds as sweep_stale_tmp
 from finetune_core.fsutil import read_json
 from finetune_core.runs import RunPaths
 from finetune_core.schema import SCHEMA_VERSION

@@ -105,6 +105,7 @@ def val_accuracy(record: RunRecord) -> float | None:
 
 
 def get_job_manager() -> JobManager:
+    require_workspace()
     return _start_manager(str(workspace_root()))
 
 

@@ -19,7 +19,7 @@ def open_workspace(arg: str | None) -> Workspace | None:
     """The existing workspace ``arg`` (or the default) names; None, with the message
     printed, when there is none (commands that read never create one)."""
     root = workspace_root(arg)
-    if not is_workspace(root):
+    if not is_workspace(root) and not _has_folders(root):
         print(
             f"error: there is no workspace at {root}; pass --workspace, or set "
             "FINETUNE_WORKSPACE to the folder the dashboard uses.",
@@ -27,6 +27,13 @@ def open_workspace(arg: str | None) -> Workspace | None:
         )
         return None
     return Workspace(root)
+
+
+def _has_folders(root: Path) -> bool:
+    """Dataset or run folders without a database: opening the workspace rebuilds it."""
+    return any(
+        any((root / name).iterdir()) for name in ("datasets", "runs") if (root / name).is_dir()
+    )
 
 
 def cli_creator() -> str:

@@ -8,9 +8,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from finetune_core.cli import data, evaluate, run_queue, train, users, workspace_runs
+from finetune_core.cli import (
+    data,
+    evaluate,
+    run_queue,
+    train,
+    users,
+    workspace_cmd,
+    workspace_runs,
+)
+from finetune_core.store import StoreError
 
-COMMAND_MODULES = (data, train, evaluate, workspace_runs, run_queue, users)
+COMMAND_MODULES = (data, train, evaluate, workspace_runs, run_queue, users, workspace_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,3 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130
+    except StoreError as exc:  # a read-only or damaged workspace: one line, no traceback
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sqlite3
 import sys
 import threading
 import time
@@ -31,6 +32,8 @@ from finetune_core.store import RunStatus, StoreError, Workspace, utc_now
 from finetune_core.training import ddp
 from finetune_core.training.callbacks import ConsoleProgress
 from finetune_core.training.trainer import Trainer, TrainingError
+
+MAX_CONFIG_BYTES = 1024 * 1024  # a run config is a few KiB; /dev/zero is not one
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,12 +75,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.set_defaults(handler=run_models)
 
 
+def load_config_file(path: Path, *, resuming: bool = False) -> RunConfig:
+    """A config file, or ConfigError saying in one line why it cannot be read."""
+    what = f"the run folder's config {path}" if resuming else f"the config file {path}"
+    if not path.exists():
+        hint = (
+            "--resume continues a folder a run wrote; train without --resume to start one."
+            if resuming
+            else "check the path."
+        )
+        raise ConfigError(f"Cannot read {what}: it does not exist; {hint}")
+    if not path.is_file():
+        raise ConfigError(f"Cannot read {what}: it is not a regular file.")
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"Cannot read {what}: {exc.strerror or exc}.") from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{what[0].upper()}{what[1:]} is larger than {MAX_CONFIG_BYTES // 1024} KiB: "
+            "not a run config (pass a config.json or run.json a run wrote)."
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what[0].upper()}{what[1:]} is not UTF-8 text (byte {exc.start}): pass a "
+            "config.json or run.json a run wrote."
+        ) from exc
+    return RunConfig.from_json(text)
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Start from --config (or the run folder's config when resuming), then apply flags."""
     base = RunConfig()
-    source = args.config or (RunPaths(args.out).config if args.resume else None)
-    if source is not None:
-        base = RunConfig.load(source)
+    if args.config is not None:
+        base = load_config_file(args.config)
+    elif args.resume:
+        base = load_config_file(RunPaths(args.out).config, resuming=True)
     changes: dict[str, object] = {}
     for key in (
         "model",
@@ -142,6 +178,36 @@ def _ingest_or_reuse(workspace: Workspace, path: Path) -> Dataset:
     return new
 
 
+def out_folder_problem(workspace: Workspace, out: Path) -> str | None:
+    """Why ``train --out`` may not write into ``out``, or None.
+
+    The workspace's own folders and the folders of runs the dashboard (the job manager)
+    owns are refused: training there would overwrite a finished model, or mix a run's
+    files into the workspace's. A CLI run's folder may be trained into again (that is how
+    ``--resume`` and re-training work), as may any new folder, inside ``runs/`` or not.
+    """
+    folder = out.expanduser().resolve()
+    root = workspace.root
+    if folder == root or folder == workspace.runs_dir.resolve():
+        return f"{out} is the workspace's own folder; choose a folder for this run."
+    for kind, owned in (("datasets", workspace.datasets_dir), ("cache", workspace.cache_dir),
+                        ("temporary files", workspace.tmp_dir)):  # fmt: skip
+        if folder.is_relative_to(owned.resolve()):
+            return f"{out} is inside the workspace's {kind} folder; choose a folder for this run."
+    record = workspace.find_run_by_folder(folder)
+    if record is None and folder.is_relative_to(workspace.runs_dir.resolve()):
+        # inside runs/<id>/ of a dashboard run (its checkpoints/, export/ ...)
+        owner = folder.relative_to(workspace.runs_dir.resolve()).parts[0]
+        record = workspace.find_run_by_folder(workspace.runs_dir / owner)
+    if record is None or record.from_cli:
+        return None
+    return (
+        f"{out} is the folder of the dashboard run {record.id} ({record.name!r}, "
+        f"{record.status}); training into it would overwrite its model and history. "
+        f"Choose another --out, or use `runs resume {record.id}` to continue that run."
+    )
+
+
 def run_train(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
@@ -149,6 +215,14 @@ def run_train(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not ddp.under_torchrun():  # under torchrun: the job manager's own launch of its run
+        try:
+            problem = out_folder_problem(Workspace(args.workspace), args.out)
+        except (StoreError, OSError, sqlite3.Error) as exc:
+            problem = f"cannot open the workspace: {exc}"
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
 
     if launcher.is_multi_process(config) and not ddp.under_torchrun():
         return launcher.launch_from_cli(

@@ -94,7 +94,7 @@ def _ingest(
     if problems:
         raise IngestError(" ".join(problems))
     limits = limits or IngestLimits.for_dir(workspace.root)
-    _remove_stale_builds(workspace.tmp_dir)
+    remove_stale_builds(workspace.tmp_dir)
 
     dataset_id = new_id("d")
     build = workspace.tmp_dir / f"ingest-{dataset_id}"
@@ -345,7 +345,7 @@ def _summary(report: HealthReport, split: SplitSpec, plan: Plan) -> dict[str, An
     }
 
 
-def _remove_stale_builds(tmp_dir: Path) -> None:
+def remove_stale_builds(tmp_dir: Path) -> None:
     """Builds left by a process that was killed mid-ingest (a day old: nobody owns them)."""
     cutoff = time.time() - _STALE_BUILD_SECONDS
     stale = ("ingest-*", "demo-src-*", "csv-upload-*", "predict-*")

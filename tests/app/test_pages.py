@@ -27,6 +27,7 @@ from finetune_core.data import create_demo_dataset
 from finetune_core.jobs import launcher
 from finetune_core.jobs.manager import JobManager
 from finetune_core.jobs.postrun import DEFAULT_HOOKS
+from finetune_core.jobs.slots import write_slots
 from finetune_core.runs import RunFolder
 from finetune_core.store import RunRecord, RunStatus, Workspace
 from ui import services
@@ -412,6 +413,29 @@ def test_setup_start_submits_the_run_and_opens_training(app_ws: Workspace) -> No
 
 
 # --------------------------------------------------------------------- training page
+@pytest.mark.slow
+def test_with_two_cpu_slots_the_training_page_shows_both_runs_training(app_ws: Workspace) -> None:
+    dataset = create_demo_dataset(app_ws, per_class=8, size=32)
+    write_slots(app_ws, cpu=2)
+    manager = services.get_job_manager()
+    long = quick(dataset.id, strategy="full", epochs=200, early_stopping=False, num_threads=1)
+    first = manager.submit(long.replace(name="first"))
+    second = manager.submit(long.replace(name="second"))
+    try:
+        wait_until(lambda: len([r for r in manager.active_runs()
+                                if r.status == RunStatus.RUNNING]) == 2, timeout=120)  # fmt: skip
+        at = open_page("training", run=first)
+        queue = at.dataframe[-1].value
+        assert list(queue["Position"]) == ["training", "training"]
+        assert sorted(queue["Run"]) == ["first", "second"] and list(queue["Device"]) == ["cpu"] * 2
+        assert "cpu: 2 at once" in texts(at)
+    finally:
+        manager.stop(first)
+        manager.stop(second)
+        manager.wait(first, timeout=120)
+        manager.wait(second, timeout=120)
+
+
 @pytest.mark.slow
 def test_training_page_live_view_stop_and_queue(app_ws: Workspace) -> None:
     dataset = create_demo_dataset(app_ws, per_class=8, size=32)

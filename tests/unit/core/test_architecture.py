@@ -18,9 +18,22 @@ CORE = ROOT / "finetune_core"
 
 # Lowest first: a module may import its own layer and the layers before it.
 LAYERS: list[tuple[str, ...]] = [
-    ("config", "fsutil", "device", "store", "runs", "presets", "resources", "schema"),
+    (
+        "config",
+        "fsutil",
+        "device",
+        "store",
+        "runs",
+        "presets",
+        "resources",
+        "schema",
+        "store_health",
+        "workspace_backup",
+        "csvsafe",
+    ),  # fmt: skip
     ("auth",),
     ("data",),
+    ("workspace_repair",),
     ("models",),
     ("training",),
     ("evaluation",),

@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -288,3 +289,20 @@ def test_a_cli_run_whose_process_is_gone_is_interrupted_and_a_live_one_is_not(
     assert "--resume" in workspace.get_run("r-cli-dead").error
     assert workspace.get_run("r-cli-live").status == RunStatus.RUNNING
     assert workspace.get_run("r-cli-old").status == RunStatus.RUNNING  # no process recorded
+
+
+@pytest.mark.slow
+def test_the_worker_command_runs_the_queue_without_a_browser(demo_ws) -> None:
+    """`worker --once`: a headless scheduler claims the queued run, trains it in its own
+    process, evaluates it, and exits when the queue is empty."""
+    ws, ds = demo_ws
+    run_id = JobManager(ws, start=False).submit(quick(ds.id), creator="cli:ops")
+    done = subprocess.run(
+        [sys.executable, "-m", "finetune_core", "--workspace", str(ws.root), "worker", "--once"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "1 CPU slot(s)" in done.stdout
+    record = ws.get_run(run_id)
+    assert record.status == RunStatus.SUCCEEDED and record.lease_owner == ""
+    assert RunPaths(ws.run_dir(run_id)).evaluation.is_file()
