@@ -133,6 +133,35 @@ def detect_layout(paths: list[tuple[str, ...]]) -> Layout:
     return Layout(strip, False)
 
 
+def unplaced_message(paths: list[tuple[str, ...]], layout: Layout) -> str:
+    """What layout was found when no image landed in a class folder (so the user can see
+    why: e.g. train/ and val/ holding images directly, or class folders named train/val
+    inside a train/ folder, which read as split folders)."""
+    wrapper = "/".join(paths[0][: layout.strip]) + "/" if layout.strip and paths else ""
+    counts: dict[str, int] = {}
+    for parts in paths:
+        top = parts[layout.strip] if len(parts) > layout.strip + 1 else ""
+        counts[top] = counts.get(top, 0) + 1
+    found = ", ".join(
+        f"{wrapper}{top}/ ({n} image{'s' if n != 1 else ''} directly inside)"
+        if top
+        else f"{n} image{'s' if n != 1 else ''} directly in {wrapper or 'the top folder'}"
+        for top, n in sorted(counts.items())
+    )
+    if layout.split_layout:
+        return (
+            f"No image is in a class folder. Found {found}: folders named train, val or "
+            "test are read as splits, and each split holds one sub-folder per class (for "
+            f"example {wrapper}train/cats/). Put the images in class folders inside the split "
+            "folders; if these are your class names, rename them (for example train_set/), "
+            "or put them inside both a train/ and a val/ folder."
+        )
+    return (
+        f"No image is in a class folder. Found {found}. Put each class's images in its own "
+        "sub-folder (for example cats/ and dogs/)."
+    )
+
+
 def place(parts: tuple[str, ...], layout: Layout) -> tuple[str, str | None] | Skipped:
     """The (label, split) of an image candidate, or why it is skipped."""
     rest = parts[layout.strip :]

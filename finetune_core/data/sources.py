@@ -31,6 +31,7 @@ from finetune_core.data.layout import (
     normalize_label,
     place,
     split_path,
+    unplaced_message,
 )
 
 
@@ -167,6 +168,8 @@ def layout_plan(kind: str, description: str, entries: list[_Entry], skipped: lis
         candidates.append(
             Candidate("/".join(entry.parts), label, split, entry.opener, entry.declared_size)
         )
+    if not candidates:  # say which layout was found, not "none of the 0 files"
+        raise IngestError(unplaced_message([e.parts for e in entries], layout))
     return Plan(
         kind=kind,
         layout="split_folders" if layout.split_layout else "class_folders",
