@@ -217,23 +217,28 @@ def _wide_grey_to_l(img: Image.Image) -> Image.Image:
 
 
 def _float_is_unit(arr: np.ndarray) -> bool:
-    values = np.nan_to_num(arr.astype(np.float64))
-    return bool(values.max() <= 1.0 and values.min() >= 0.0)
+    """Every value in [0, 1] once NaN counts as 0 (v1's nan_to_num rule), without a copy."""
+    return bool((((arr >= 0) & (arr <= 1)) | np.isnan(arr)).all())
 
 
 def _to_uint8(arr: np.ndarray, mode: str, unit: bool) -> np.ndarray:
     """Scale 16-bit, 32-bit integer or float grayscale to 0..255. ``unit``: for "F", the
     whole image lies in [0, 1] (scaled by 255); for "I", it holds 8-bit data."""
     if mode == "F":
-        values = np.nan_to_num(arr.astype(np.float64))
+        values = arr.astype(np.float64)
+        np.nan_to_num(values, copy=False)
         if unit:
-            values = values * 255.0
-        return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+            values *= 255.0
+        np.rint(values, out=values)
+        return np.clip(values, 0, 255, out=values).astype(np.uint8)
     wide = arr.astype(np.int64)
     if mode == "I" and unit:
-        return np.clip(wide, 0, 255).astype(np.uint8)  # 32-bit container holding 8-bit data
-    wide = np.clip(wide, 0, 65535)
-    return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        return np.clip(wide, 0, 255, out=wide).astype(np.uint8)  # 32-bit holding 8-bit data
+    np.clip(wide, 0, 65535, out=wide)
+    wide *= 255
+    wide += 32767
+    wide //= 65535
+    return wide.astype(np.uint8)
 
 
 def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
@@ -353,10 +358,28 @@ def _converted(img: Image.Image) -> Image.Image:
         raise ImageReadError(f"cannot convert to RGB: {exc}", "unreadable") from exc
 
 
-def _fit(img: Image.Image, max_bytes: int | None, reduce_to: int | None) -> int:
-    """The bytes decoding ``img`` will take; a JPEG over ``max_bytes`` is drafted to the
-    largest scale (1/2, 1/4, 1/8) that fits, anything else over it is refused."""
+def decode_estimate(
+    source: ImageSource, *, probe: bool = False, max_bytes: int | None = None
+) -> int:
+    """The bytes :func:`open_rgb` (``probe``: :func:`probe_image`) reserves to decode
+    ``source``, with the same draft decisions; over the limit the image is refused."""
     limit = image_decode_limit() if max_bytes is None else max_bytes
+    with _opened(source) as handle:
+        return _plan(_identify(handle, 2**62), limit, _PROBE_DRAFT if probe else None)
+
+
+def _fit(img: Image.Image, max_bytes: int | None, reduce_to: int | None) -> int:
+    """The bytes decoding ``img`` will take (see :func:`_plan`); refused over the limit."""
+    limit = image_decode_limit() if max_bytes is None else max_bytes
+    cost = _plan(img, limit, reduce_to)
+    if cost > limit:
+        raise ImageReadError(budget_reason(img, cost, limit), "decompression_bomb")
+    return cost
+
+
+def _plan(img: Image.Image, limit: int, reduce_to: int | None) -> int:
+    """The bytes decoding ``img`` will take; a JPEG over ``limit`` is drafted to the
+    largest scale (1/2, 1/4, 1/8) that fits."""
     orientation = _orientation_before_load(img)
     coefficients = jpeg_coefficients(img) if img.format in ("JPEG", "MPO") else 0
     if img.format in ("JPEG", "MPO"):
@@ -371,10 +394,7 @@ def _fit(img: Image.Image, max_bytes: int | None, reduce_to: int | None) -> int:
             request = (min(request[0], reduce_to), min(request[1], reduce_to))
         if request != (width, height):
             img.draft("RGB", request)
-    cost = decode_cost(img, orientation, coefficients)
-    if cost > limit:
-        raise ImageReadError(budget_reason(img, cost, limit), "decompression_bomb")
-    return cost
+    return decode_cost(img, orientation, coefficients)
 
 
 def _orientation_before_load(img: Image.Image) -> int:
