@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from finetune_core.config import BOUNDS
 from finetune_core.data import (
     CsvSource,
     DatasetNotFound,
@@ -30,6 +31,20 @@ from finetune_core.store import Workspace
 EXIT_BLOCKED = 2
 EXIT_FAILED = 1
 MAX_FILES_SHOWN = 5
+
+
+def split_seed(text: str) -> int:
+    """--seed: a whole number in the range a run's seed has (argparse prints the reason)."""
+    bound = BOUNDS["seed"]
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number (got {text[:40]!r})") from None
+    if not bound.low <= value <= bound.high:
+        raise argparse.ArgumentTypeError(
+            f"must be between {int(bound.low)} and {int(bound.high)} (got {text[:40]})"
+        )
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             f"class's train images becomes test (default {HOLDOUT_DEFAULT:g}; 0: keep it as is)"
         ),
     )
-    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    p.add_argument("--seed", type=split_seed, default=0, help="split seed (default 0)")
     p.add_argument("--creator", default="", help="who imported it")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_ingest)

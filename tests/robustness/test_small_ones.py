@@ -72,6 +72,23 @@ def test_a_huge_config_file_is_refused_without_reading_it_whole(tmp_path: Path) 
     assert rc == 2
 
 
+def test_data_ingest_refuses_a_seed_out_of_the_runs_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "photos"
+    for i, rel in enumerate(["a/0.png", "a/1.png", "b/0.png", "b/1.png"]):
+        write_image(folder / rel, seed=i, fmt="PNG")
+    for seed, reason in (("9" * 30, "must be between 0 and 2147483647"), ("-5", "must be between 0 and 2147483647 (got -5)"),
+                         ("x", "must be a whole number (got 'x')")):  # fmt: skip
+        with pytest.raises(SystemExit) as caught:
+            cli.main(["--workspace", str(tmp_path / "ws"), "data", "ingest", str(folder),
+                      "--name", "p", "--seed", seed])  # fmt: skip
+        assert caught.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"argument --seed: {reason}" in err, err
+    assert not Workspace(tmp_path / "ws").list_datasets()
+
+
 # ------------------------------------------------------------ (b) train --out refusal
 def _finished_dashboard_run(ws: Workspace, dataset_id: str) -> tuple[RunRecord, Path]:
     record = ws.add_run(
