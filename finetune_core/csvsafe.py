@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
@@ -30,17 +31,20 @@ TRIGGERS = frozenset("=+-@\t\r\uff1d\uff0b\uff0d\uff20")
 QUOTE = "'"
 _LEAD = "' \n"  # looked past when deciding (so the rule holds for already-quoted cells)
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+_FIRST = TRIGGERS | frozenset(_LEAD)  # a cell starting with anything else is plain data
 
 
 def is_risky(cell: str) -> bool:
     """Whether a spreadsheet could read ``cell`` (or ``cell`` behind quotes) as a formula."""
+    if not cell or cell[0] not in _FIRST:  # nearly every cell: one set lookup
+        return False
     core = cell.lstrip(_LEAD)
     return bool(core) and core[0] in TRIGGERS and not _NUMBER.fullmatch(core)
 
 
 def escape_cell(value: Any) -> str:
     """The text to write for ``value``: a risky cell gets one leading quote."""
-    cell = "" if value is None else str(value)
+    cell = value if isinstance(value, str) else "" if value is None else str(value)
     return QUOTE + cell if is_risky(cell) else cell
 
 
@@ -56,7 +60,18 @@ class SafeWriter:
         self._writer = csv.writer(handle, **fmt)
 
     def writerow(self, row: Iterable[Any]) -> None:
-        self._writer.writerow([escape_cell(v) for v in row])
+        # finite numbers go to csv as they are (never a formula); the check inline, as a manifest
+        # is a dozen cells a row and 100k rows a dataset
+        self._writer.writerow(
+            [
+                v
+                if isinstance(v, int)
+                or (isinstance(v, float) and math.isfinite(v))
+                or (isinstance(v, str) and v[:1] not in _FIRST)
+                else escape_cell(v)
+                for v in row
+            ]
+        )
 
     def writerows(self, rows: Iterable[Iterable[Any]]) -> None:
         for row in rows:
@@ -80,7 +95,7 @@ def to_text(header: Iterable[Any], rows: Iterable[Iterable[Any]], **fmt: Any) ->
 def reader(handle: Iterable[str], **fmt: Any) -> Iterator[list[str]]:
     """Rows of a CSV this module wrote, each cell as it was before escaping."""
     for row in csv.reader(handle, **fmt):
-        yield [unescape_cell(c) for c in row]
+        yield [c[1:] if c and c[0] == QUOTE and is_risky(c) else c for c in row]
 
 
 def dict_reader(handle: Iterable[str], **fmt: Any) -> Iterator[dict[str, str]]:
@@ -90,7 +105,10 @@ def dict_reader(handle: Iterable[str], **fmt: Any) -> Iterator[dict[str, str]]:
     header = next(rows, None)
     if header is None:
         return
+    width = len(header)
     for row in rows:
         if not row:
             continue  # DictReader skips blank lines too
-        yield {key: row[i] if i < len(row) else "" for i, key in enumerate(header)}
+        if len(row) < width:
+            row += [""] * (width - len(row))
+        yield dict(zip(header, row, strict=False))

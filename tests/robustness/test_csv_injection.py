@@ -88,6 +88,10 @@ def test_numbers_and_ordinary_names_are_written_unchanged() -> None:
         assert csvsafe.escape_cell(value) == value
     assert csvsafe.escape_cell("-1+2") == "'-1+2"  # arithmetic, not a number
     assert csvsafe.escape_cell(None) == ""
+    text = csvsafe.to_text(
+        ["a", "b", "c", "d", "e", "f"], [[-1, -2.5e-7, None, True, float("-inf"), "=x"]]
+    )
+    assert text.splitlines()[1] == "-1,-2.5e-07,,True,'-inf,'=x"
 
 
 # ------------------------------------------------------------ the class: every writer
