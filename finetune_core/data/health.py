@@ -37,8 +37,9 @@ _UNUSABLE_MESSAGES = {
         "them in an image viewer and replace the broken ones."
     ),
     "decompression_bomb": (
-        "{n} image(s) have too many pixels to decode safely (possible decompression bombs); "
-        "they are left out of training. Resize them if they are genuine photos."
+        "{n} image(s) have too many pixels, or would need too much memory, to decode safely "
+        "(possible decompression bombs); they are left out of training. Resize them or save "
+        "them as 8-bit RGB if they are genuine photos."
     ),
     "empty_file": "{n} file(s) are empty (0 bytes); they are left out of training. Upload them again.",
 }

@@ -188,7 +188,9 @@ class JobManager:
         data = read_progress_dict(RunPaths(self.workspace.run_dir(run_id)).progress)
         live = progress_from_dict(data) if data else Progress(status=run.status, epochs=epochs)
         phase = "evaluating" if run.phase == "evaluating" else live.phase or run.phase
-        return replace(live, status=run.status, phase=phase, log=self._log(run))
+        return replace(
+            live, status=run.status, phase=phase, epochs=live.epochs or epochs, log=self._log(run)
+        )
 
     def queue_positions(self) -> dict[str, int]:
         """Queued run ids and their 1-based position in the workspace's queue."""
