@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from finetune_core import runs
-from finetune_core.cli.common import cli_creator, open_workspace
-from finetune_core.config import ConfigError, RunConfig
+from finetune_core.cli.common import cli_creator, load_config_file, open_workspace
+from finetune_core.config import ConfigError
 from finetune_core.jobs import queue
 from finetune_core.jobs.execute import execute_run, hooks_from_names
 from finetune_core.jobs.manager import JobError, JobManager
@@ -82,7 +82,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if workspace is None:
         return 1
     try:
-        config = RunConfig.load(args.config)
+        config = load_config_file(args.config)
         for item in args.set:
             key, sep, value = item.partition("=")
             if not sep:

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from finetune_core import runs
+from finetune_core.cli.common import load_config_file
 from finetune_core.cli.workspace_runs import cli_creator, end_cli_run, start_cli_run
 from finetune_core.config import ConfigError, RunConfig
 from finetune_core.data import (
@@ -32,8 +33,6 @@ from finetune_core.store import RunStatus, StoreError, Workspace, utc_now
 from finetune_core.training import ddp
 from finetune_core.training.callbacks import ConsoleProgress
 from finetune_core.training.trainer import Trainer, TrainingError
-
-MAX_CONFIG_BYTES = 1024 * 1024  # a run config is a few KiB; /dev/zero is not one
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -73,38 +72,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     m = sub.add_parser("models", help="list the architectures")
     m.add_argument("--json", action="store_true")
     m.set_defaults(handler=run_models)
-
-
-def load_config_file(path: Path, *, resuming: bool = False) -> RunConfig:
-    """A config file, or ConfigError saying in one line why it cannot be read."""
-    what = f"the run folder's config {path}" if resuming else f"the config file {path}"
-    if not path.exists():
-        hint = (
-            "--resume continues a folder a run wrote; train without --resume to start one."
-            if resuming
-            else "check the path."
-        )
-        raise ConfigError(f"Cannot read {what}: it does not exist; {hint}")
-    if not path.is_file():
-        raise ConfigError(f"Cannot read {what}: it is not a regular file.")
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"Cannot read {what}: {exc.strerror or exc}.") from exc
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(
-            f"{what[0].upper()}{what[1:]} is larger than {MAX_CONFIG_BYTES // 1024} KiB: "
-            "not a run config (pass a config.json or run.json a run wrote)."
-        )
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{what[0].upper()}{what[1:]} is not UTF-8 text (byte {exc.start}): pass a "
-            "config.json or run.json a run wrote."
-        ) from exc
-    return RunConfig.from_json(text)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:

@@ -21,6 +21,7 @@ from finetune_core.data import DatasetNotFound, load_dataset
 from finetune_core.jobs import queue
 from finetune_core.jobs.execute import PostRunHook
 from finetune_core.jobs.launcher import MULTI_NODE_FROM_CLI
+from finetune_core.jobs.quota import QuotaError, check_quota
 from finetune_core.jobs.records import progress_from_files
 from finetune_core.jobs.scheduler import Isolation, Scheduler
 from finetune_core.jobs.slots import Slots
@@ -105,6 +106,10 @@ class JobManager:
             source, _ = parse_init_from(config.init_from)
             if self.workspace.get_run(source) is not None:
                 parent_id, lineage = source, "warm-start"
+        try:
+            check_quota(self.workspace, creator)
+        except QuotaError as exc:
+            raise JobError(str(exc)) from exc
         run_id = new_id("r")
         self.workspace.add_run(
             RunRecord(
