@@ -100,6 +100,10 @@ class Scheduler:
     def wake(self) -> None:
         self._wake.set()
 
+    def is_alive(self) -> bool:
+        """Whether the scheduling loop runs (it survives any one failing tick)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def close(self, *, stop_runs: bool = False, timeout: float = 30.0) -> None:
         """Stop scheduling. Run processes keep training (they belong to the workspace)
         unless ``stop_runs``; runs in threads of this process always stop."""
