@@ -693,3 +693,26 @@ def test_user_strings_are_shown_literally_never_as_markup(app_ws: Workspace) -> 
     assert plain(esc(name)) == " ".join(name.split())
     at = open_page("setup", dataset=dataset.id)
     assert_ok(at)
+
+
+def test_names_with_urls_are_never_live_links(app_ws: Workspace) -> None:
+    """Issue 15 item 11: a run or dataset named like a URL must not become a link (GFM
+    autolinks bare http:// and www. text): every markdown element showing it escapes the
+    characters that would start one."""
+    dataset = create_demo_dataset(app_ws, per_class=6, size=32)
+    url = "https://evil.example/login www.evil.example"
+    app_ws.rename_dataset(dataset.id, url)
+    app_ws.add_run(RunRecord(id="r-20260101-000000-0bad", name=url, dataset_id=dataset.id,
+                             creator="alice", status=RunStatus.FAILED, error="boom"))  # fmt: skip
+    shown = 0
+    for page, query in (("data", {"dataset": dataset.id}), ("runs", {}),
+                        ("training", {"run": "r-20260101-000000-0bad"})):  # fmt: skip
+        at = open_page(page, **query)
+        assert_ok(at)
+        for kind in ("title", "header", "subheader", "markdown", "caption", "info", "error"):
+            for element in getattr(at, kind):
+                text = str(element.value)
+                if "evil" in text:
+                    shown += 1
+                    assert "https://" not in text and "www.evil" not in text, (page, text)
+    assert shown >= 3  # the name is on every one of those pages
