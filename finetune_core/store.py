@@ -213,12 +213,12 @@ class Workspace:
             if not existed:  # the first backup is due an interval after creation
                 with self._write() as conn:
                     conn.execute("REPLACE INTO settings VALUES (?, ?)", (_CREATED, time.time()))
-        except sqlite3.DatabaseError as exc:
+            self.index_lost = lost
+            run_open_hooks(self, lost)
+            self._backup_if_due()
+        except sqlite3.DatabaseError as exc:  # damage past the header shows up here too
             self.close()
             raise unavailable(self.root, exc) from exc
-        self.index_lost = lost
-        run_open_hooks(self, lost)
-        self._backup_if_due()
 
     def _backup_if_due(self) -> None:
         policy = workspace_backup.BackupPolicy.from_env()
