@@ -418,7 +418,7 @@ def start_section(
         st.caption("Fix the settings marked in red above (some may be in Advanced settings).")
     time_estimate(config, info, len(dataset.rows("train")))
     with st.expander("Equivalent command line and config file", icon=":material/terminal:"):
-        st.code(cli_command(config), language="bash", wrap_lines=True)
+        st.code(public(cli_command(config)), language="bash", wrap_lines=True)
         file_name = f"{config.name or config.model}-config.json"
         st.download_button(
             "Download config (JSON)",
@@ -429,6 +429,13 @@ def start_section(
         )
     if not can_start(user()):
         st.info("Sign in to start runs.", icon=":material/lock:")
+    auto_resume = st.checkbox(
+        "Resume by itself if interrupted",
+        value=True,
+        key="setup_auto_resume",
+        help="If the run's process dies without a result (the machine restarted), the run "
+        "is queued again and continues from its last checkpoint.",
+    )
     if st.button(
         "Start training",
         type="primary",
@@ -438,7 +445,7 @@ def start_section(
     ):
         try:  # files named in the config: the core's rule (admin-only server paths, backbones)
             check_config_paths(access_settings(), user(), config, get_workspace())
-            run_id = manager.submit(config, creator=current_user())
+            run_id = manager.submit(config, creator=current_user(), auto_resume=auto_resume)
         except PermissionDenied as exc:
             st.error(esc(public(str(exc))), icon=":material/lock:")
         except JobError as exc:

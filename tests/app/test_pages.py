@@ -403,6 +403,7 @@ def test_setup_start_submits_the_run_and_opens_training(app_ws: Workspace) -> No
     [run] = app_ws.list_runs()
     assert at.query_params["run"] == run.id
     assert run.name == "from setup" and run.dataset_id == dataset.id
+    assert run.auto_resume == 1  # "Resume by itself if interrupted", on by default
     config = RunConfig.from_dict(run.config)
     assert (config.strategy, config.weights, config.epochs, config.image_size) == (
         "probe", "none", 2, 32,
