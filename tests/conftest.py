@@ -5,6 +5,8 @@ test isolation: ``sys.modules["__main__"]`` is put back after every test."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +29,34 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     root = tmp_path / "ws"
     monkeypatch.setenv("FINETUNE_WORKSPACE", str(root))
     return Workspace(root)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_run_process_outlives_its_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Run processes belong to their workspace and outlive the server or manager that
+    started them (by design): end the ones this module's tests left in their temporary
+    workspaces, so none trains on into later tests."""
+    yield
+    base = str(tmp_path_factory.getbasetemp())
+    leftovers = [pid for pid, cmd in run_processes() if base in cmd]
+    for pid in leftovers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def run_processes() -> list[tuple[int, str]]:
+    """(pid, command line) of every ``runs exec`` process on this machine."""
+    found = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "finetune_core" in cmd and " runs exec " in cmd:
+            found.append((int(entry), cmd))
+    return found
 
 
 @pytest.fixture(autouse=True)

@@ -18,6 +18,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.helpers.processes import end_workspace_runs
+
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts" / "e2e"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -130,6 +132,7 @@ def stop_server(server: AppServer) -> None:
         os.killpg(group, signal.SIGKILL)
     if server.process.poll() is None:
         server.process.wait(timeout=10)
+    end_workspace_runs(server.workspace)  # its runs' own processes are the workspace's
 
 
 # ----------------------------------------------------------------------------- console

@@ -5,7 +5,9 @@ Spawned processes import this module, so it stays light: no torch, no test modul
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from finetune_core.jobs import procs, queue  # light: no torch
 from finetune_core.store import RunRecord, RunStatus, Workspace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +81,7 @@ def start_app(
     log = open(workspace / f"streamlit-{port}.log", "ab")  # noqa: SIM115 - closed by the child
     proc = subprocess.Popen(cmd, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
     log.close()
+    proc.workspace = workspace  # type: ignore[attr-defined]  # stop_app ends its runs
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -97,7 +101,35 @@ def server_log(workspace: Path) -> str:
     )
 
 
+def end_workspace_runs(root: Path, timeout: float = 60.0) -> None:
+    """Stop every run a test's server left training (runs outlive their server: they are
+    the workspace's), wait for their processes to let go, SIGKILL what is left."""
+    if not (Path(root) / "workspace.db").is_file():
+        return
+    ws = Workspace(root)
+    held = queue.held(ws)
+    for record in held:
+        queue.request_stop(ws, record.id)
+    deadline = time.monotonic() + timeout
+    while queue.held(ws) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for record in held:
+        if record.pid and procs.alive(record.pid, record.pid_started):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(record.pid, signal.SIGKILL)
+    ws.close()
+
+
 def stop_app(proc: subprocess.Popen) -> None:
+    workspace = getattr(proc, "workspace", None)
+    try:
+        _stop(proc)
+    finally:
+        if workspace is not None:
+            end_workspace_runs(workspace)
+
+
+def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
