@@ -21,7 +21,6 @@ from finetune_core.auth.access import (
 from finetune_core.config import RunConfig
 from finetune_core.device import device_info
 from finetune_core.jobs.manager import JobError
-from finetune_core.jobs.slots import MAX_SLOTS, read_slots, write_slots
 from finetune_core.reporting import charts
 from finetune_core.runs import RunPaths, read_log
 from finetune_core.store import RunRecord, RunStatus, StoreError
@@ -309,25 +308,9 @@ def queue_table() -> None:
     else:
         st.caption(f"Nothing is training or waiting. Slots on this server: {slots}.")
     if user().is_admin:
-        slots_editor()
-
-
-def slots_editor() -> None:
-    """Admins: how many runs train at once on the CPU and on each GPU."""
-    current = read_slots(ws)
-    expander = st.expander("Slots (admins)", icon=":material/tune:")
-    with expander, st.form("slots_form", border=False):
-        cpu = st.number_input("Runs at once on the CPU", 1, MAX_SLOTS, current.cpu, step=1,
-                              help="They share the CPU cores; each run's threads are "
-                              "limited to its share.")  # fmt: skip
-        gpu = st.number_input("Runs at once on each GPU", 1, MAX_SLOTS, current.gpu, step=1)
-        if st.form_submit_button("Save slots"):
-            try:
-                write_slots(ws, cpu=int(cpu), gpu=int(gpu))
-            except StoreError as exc:
-                st.error(esc(str(exc)))
-            else:
-                st.toast("Slots saved: every scheduler of this workspace uses them.")
+        st.page_link(
+            "views/admin.py", label="Change the slots (Users page)", icon=":material/tune:"
+        )
 
 
 def pick_training_run() -> RunRecord:
