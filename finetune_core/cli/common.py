@@ -10,6 +10,7 @@ from pathlib import Path
 
 from finetune_core.config import ConfigError, RunConfig
 from finetune_core.store import CLI_CREATOR_PREFIX, Workspace, default_workspace_root, is_workspace
+from finetune_core.store_health import has_entries
 
 
 def workspace_root(arg: str | None) -> Path:
@@ -20,7 +21,8 @@ def open_workspace(arg: str | None) -> Workspace | None:
     """The existing workspace ``arg`` (or the default) names; None, with the message
     printed, when there is none (commands that read never create one)."""
     root = workspace_root(arg)
-    if not is_workspace(root) and not _has_folders(root):
+    # dataset or run folders without a database: opening the workspace rebuilds it
+    if not is_workspace(root) and not has_entries(root / "datasets", root / "runs"):
         print(
             f"error: there is no workspace at {root}; pass --workspace, or set "
             "FINETUNE_WORKSPACE to the folder the dashboard uses.",
@@ -28,13 +30,6 @@ def open_workspace(arg: str | None) -> Workspace | None:
         )
         return None
     return Workspace(root)
-
-
-def _has_folders(root: Path) -> bool:
-    """Dataset or run folders without a database: opening the workspace rebuilds it."""
-    return any(
-        any((root / name).iterdir()) for name in ("datasets", "runs") if (root / name).is_dir()
-    )
 
 
 def cli_creator() -> str:

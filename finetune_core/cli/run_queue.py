@@ -203,19 +203,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
     workspace = _workspace(args)
     if workspace is None:
         return 1
+    stored = read_slots(workspace)
+    slots = Slots(cpu=args.cpu_slots or stored.cpu, gpu=args.gpu_slots or stored.gpu)
     try:
-        slots = Slots(
-            cpu=args.cpu_slots or read_slots(workspace).cpu,
-            gpu=args.gpu_slots or read_slots(workspace).gpu,
-        )
         if args.save_slots:
             write_slots(workspace, cpu=slots.cpu, gpu=slots.gpu)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    fixed = None if args.save_slots else slots
-    if args.cpu_slots is None and args.gpu_slots is None:
-        fixed = None  # follow the workspace's setting, as an admin changes it
+    # Slots given here and not saved apply to this worker alone; otherwise it follows the
+    # workspace's setting as an admin changes it.
+    overridden = args.cpu_slots is not None or args.gpu_slots is not None
+    fixed = slots if overridden and not args.save_slots else None
     manager = JobManager(workspace, post_run=list(DEFAULT_HOOKS), slots=fixed)
     print(f"worker on {workspace.root}: {slots.cpu} CPU slot(s), {slots.gpu} per GPU; "
           "Ctrl-C stops scheduling", flush=True)  # fmt: skip

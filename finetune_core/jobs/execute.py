@@ -56,7 +56,7 @@ class Heartbeat:
         while not self._done.wait(queue.HEARTBEAT_SECONDS):
             try:
                 ours, stop = queue.heartbeat(self.workspace, self.run_id, self.token)
-            except (StoreError, OSError, Exception):  # a busy disk: try again next beat
+            except Exception:  # a busy disk or database: try again next beat
                 continue
             if not ours:
                 self.lost = True

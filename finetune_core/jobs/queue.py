@@ -40,10 +40,6 @@ def new_token() -> str:
     return f"{HOST}:{secrets.token_hex(8)}"
 
 
-def _row(workspace: Workspace, run_id: str) -> RunRecord | None:
-    return workspace.get_run(run_id)
-
-
 def enqueue(workspace: Workspace, run_id: str, *, resume: bool = False) -> None:
     """Put a recorded run (new, or resumable) at the end of the queue."""
     with workspace.transaction() as conn:
@@ -65,14 +61,11 @@ def queued(workspace: Workspace) -> list[RunRecord]:
     return [r for r in (workspace.get_run(row["id"]) for row in rows) if r is not None]
 
 
-def held(workspace: Workspace, *, host: str | None = None) -> list[RunRecord]:
+def held(workspace: Workspace) -> list[RunRecord]:
     """Runs whose process holds a lease (training, or evaluating after training)."""
-    query = "SELECT id FROM runs WHERE lease_owner != ''"
-    params: tuple[str, ...] = ()
-    if host is not None:
-        query += " AND host=?"
-        params = (host,)
-    rows = workspace.read().execute(query + " ORDER BY started_at, rowid", params)
+    rows = workspace.read().execute(
+        "SELECT id FROM runs WHERE lease_owner != '' ORDER BY started_at, rowid"
+    )
     return [r for r in (workspace.get_run(row["id"]) for row in rows) if r is not None]
 
 
@@ -117,14 +110,20 @@ def claim(
     The run becomes RUNNING with ``token``'s lease, so no other scheduler can take it.
     Slots are shared by every scheduler of this host: the count of held leases decides.
     """
+    waiting = (
+        workspace.read()
+        .execute("SELECT 1 FROM runs WHERE status=? LIMIT 1", (RunStatus.QUEUED,))
+        .fetchone()
+    )
+    if waiting is None:  # the usual tick: no write lock taken for an empty queue
+        return None
     now = time.time()
     with workspace.transaction() as conn:
         busy: dict[str, int] = {}
         for row in conn.execute(
             "SELECT device FROM runs WHERE lease_owner != '' AND host=?", (HOST,)
         ):
-            for device in str(row["device"]).split(","):
-                busy[device] = busy.get(device, 0) + 1
+            busy[row["device"]] = busy.get(row["device"], 0) + 1
         free = [s for s in slots if busy.get(s.device, 0) < s.capacity]
         if not free:
             return None
@@ -255,6 +254,8 @@ def interrupt_unleased(workspace: Workspace) -> list[str]:
         else:
             gone.append((row["id"],
                          "The server that trained this run stopped; resume it to continue."))  # fmt: skip
+    if not gone:  # every tick asks; a write lock only when there is something to change
+        return []
     with workspace.transaction() as conn:
         for run_id, message in gone:
             conn.execute(
